@@ -1,0 +1,297 @@
+"""Frozen, typed experiment configuration (no gin).
+
+One `ExperimentConfig` holds every setting. Sizes shared by several parts are owned by the parent:
+the predictor head's output shape `[L, F]` and the SoftTopK budget `k` are read from
+`ExperimentConfig.model`, never repeated in `PredictorConfig` or `PruningConfig`.
+
+Overrides are dotted paths, e.g. `pruning.keep_k=128 optimizer.lr_llm=1e-3`; values are parsed
+with `yaml.safe_load` and type-checked against the dataclass field; an unknown key fails with the
+closest valid key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line that names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-family decoder. Used for the LLM and (as `PredictorConfig.backbone`) the predictor."""
+
+    vocab_size: int = 259  # seqio.ByteVocabulary: 3 specials (pad=0, eos=1, unk=2) + 256 bytes
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    d_ffn: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_len: int = 2048
+    # 'none' keeps every activation; 'full' recomputes the whole layer in the backward pass;
+    # 'dots' saves matmul outputs only (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+    remat_policy: Literal["none", "full", "dots"] = "none"
+    scan_layers: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictorConfig:
+    """The sparsity predictor: a small decoder reading the prompt + an MLP head to scores [L, F]."""
+
+    backbone: ModelConfig = ModelConfig(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
+                                        head_dim=32, d_ffn=256)
+    head_hidden: int = 128
+    head_activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    max_prompt_len: int = 64  # longer prompts are truncated from the left (counted in metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningConfig:
+    """How FFN units are selected. `keep_k` is checked against `model.d_ffn` by the parent."""
+
+    mode: Literal["dense", "soft", "hard", "static", "given"] = "soft"
+    keep_k: int = 128
+    # SoftTopK temperature (epsilon), annealed geometrically from start to end over anneal_steps.
+    temperature_start: float = 1.0
+    temperature_end: float = 0.1
+    temperature_anneal_steps: int = 1000
+    bisection_iters: int = 40
+    # Departure from the paper (see FINDINGS.md): load-balancing penalty on the batch-mean of
+    # lambda per unit, (F/k^2) * sum_i mean_b(lambda_bi)^2, averaged over layers. 0 disables it.
+    balance_weight: float = 1.0
+    # Evaluation mask: 'hard' = 0/1 top-k; 'lambda' = lambda * TopK (free at inference: it scales
+    # rows of W_down). 'static' mode uses learned input-independent scores for both.
+    eval_mask: Literal["hard", "lambda"] = "lambda"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which SeqIO mixture feeds training, and the batch shapes."""
+
+    mixture: str = "ifp_multiskill"
+    # Per-task rate overrides for the mixture, e.g. {"ifp_cpt_stdlib": 0.0}; empty = registered.
+    rates: dict = dataclasses.field(default_factory=dict)
+    vocabulary: str = "byte"  # 'byte' or a path to a SentencePiece model
+    predictor_vocabulary: str = "byte"
+    seq_len: int = 64  # decoder tokens per example
+    global_batch_size: int = 64
+    seed: int = 0
+    cpt_chunk_len: int = 32  # CPT: chunk k (predictor input) -> loss on chunk k+1
+    cpt_num_chunks: int = 2
+    jsonl_path: str = ""  # registers the task 'ifp_jsonl' when set
+    eval_examples_per_task: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warm-up and cosine decay; separate peak LRs for predictor and LLM."""
+
+    lr_llm: float = 3e-3
+    lr_predictor: float = 3e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    grad_clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; -1 means 'all remaining devices'."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 200
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 0  # 0 = only at the end
+    seed: int = 0
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on TPU/GPU
+    # Stage chaining: initialise the LLM (params only) from another run's workdir, and the
+    # predictor from another run's workdir (empty = fresh).
+    init_llm_from: str = ""
+    init_predictor_from: str = ""
+    nan_policy: Literal["skip", "stop"] = "stop"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "unnamed"
+    model: ModelConfig = ModelConfig()
+    predictor: PredictorConfig = PredictorConfig()
+    pruning: PruningConfig = PruningConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        validate(self)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Cross-field checks owned by the parent (shared sizes)."""
+    m = cfg.model
+    if cfg.pruning.mode != "dense" and not 0 < cfg.pruning.keep_k <= m.d_ffn:
+        raise ConfigError(
+            f"pruning.keep_k={cfg.pruning.keep_k} must be in 1..model.d_ffn={m.d_ffn}; "
+            f"set pruning.keep_k to e.g. {max(1, m.d_ffn // 4)}")
+    for name, mc in (("model", m), ("predictor.backbone", cfg.predictor.backbone)):
+        if mc.n_heads % mc.n_kv_heads:
+            raise ConfigError(f"{name}.n_heads={mc.n_heads} must be a multiple of "
+                              f"{name}.n_kv_heads={mc.n_kv_heads}")
+        if mc.head_dim % 2:
+            raise ConfigError(f"{name}.head_dim={mc.head_dim} must be even for RoPE")
+    if cfg.data.seq_len > m.max_len:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_len={m.max_len}")
+    if cfg.data.cpt_num_chunks < 2:
+        raise ConfigError("data.cpt_num_chunks must be >= 2 (chunk k predicts the mask for k+1)")
+    if cfg.optimizer.grad_accum_steps < 1:
+        raise ConfigError("optimizer.grad_accum_steps must be >= 1")
+    if cfg.data.global_batch_size % cfg.optimizer.grad_accum_steps:
+        raise ConfigError("data.global_batch_size must be divisible by optimizer.grad_accum_steps")
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: ExperimentConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type, d: dict, path: str = "") -> Any:
+    """Builds dataclass `cls` from a nested dict, rejecting unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in d.items():
+        if key not in names:
+            raise ConfigError(_unknown_key_message(path + key, names, path))
+        kwargs[key] = _coerce(hints[key], value, path + key)
+    return cls(**kwargs)
+
+
+def load_json(path: str) -> ExperimentConfig:
+    with open(path) as f:
+        return from_dict(ExperimentConfig, json.load(f))
+
+
+def _unknown_key_message(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1, cutoff=0.5)
+    hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
+    return f"unknown config key '{key}': {hint}"
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Checks/converts `value` to the annotated type `tp` or raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' is a section; set its fields as '{key}.<field>=...'")
+        return from_dict(tp, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return value if isinstance(value, str) else str(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping like {{a: 1.0}}, got {value!r}")
+        return dict(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Applies `dotted.key=value` strings; raises ConfigError naming the closest valid key."""
+    d = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(d, ExperimentConfig, key.strip(), value)
+    return from_dict(ExperimentConfig, d)
+
+
+def _set_dotted(d: dict, cls: type, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node, node_cls, prefix = d, cls, ""
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node_cls)]
+        if part not in names:
+            raise ConfigError(_unknown_key_message(prefix + part, names, prefix))
+        field_type = typing.get_type_hints(node_cls)[part]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(field_type):
+                raise ConfigError(f"config key '{key}' is a section; set '{key}.<field>=...'")
+            node[part] = _coerce(field_type, value, key)
+            return
+        if not dataclasses.is_dataclass(field_type):
+            raise ConfigError(f"config key '{prefix + part}' has no sub-keys")
+        node, node_cls, prefix = node[part], field_type, prefix + part + "."
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "ConfigError", "ModelConfig", "PredictorConfig", "PruningConfig", "DataConfig",
+    "OptimizerConfig", "MeshConfig", "CheckpointConfig", "TrainConfig", "ExperimentConfig",
+    "apply_overrides", "to_json", "to_dict", "from_dict", "load_json", "replace", "Optional",
+]

@@ -1,0 +1,54 @@
+"""Named experiments: modules in this package register functions that return an ExperimentConfig.
+
+    @register("tiny_multiskill")
+    def tiny_multiskill() -> ExperimentConfig: ...
+
+`get("name")` imports every module here once, then looks the name up; an unknown name fails with
+the closest registered one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from typing import Callable
+
+from ifp_jax.config import ConfigError, ExperimentConfig
+
+_REGISTRY: dict[str, Callable[[], ExperimentConfig]] = {}
+_loaded = False
+
+
+def register(name: str):
+    def wrap(fn: Callable[[], ExperimentConfig]):
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"experiment '{name}' is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for mod in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{mod.name}")
+        _loaded = True
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> ExperimentConfig:
+    _load_all()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(_REGISTRY))}"
+        raise ConfigError(f"unknown experiment '{name}': {hint}")
+    cfg = _REGISTRY[name]()
+    if cfg.name != name:
+        raise ValueError(f"experiment '{name}' returned a config named '{cfg.name}'")
+    return cfg

@@ -1,0 +1,100 @@
+"""The `ifp` command.
+
+    ifp train EXPERIMENT --workdir DIR [section.key=value ...]   train (reruns resume)
+    ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
+    ifp eval --workdir DIR [--mode MODE] [--eval-mask hard|lambda] held-out exact match
+    ifp demo --workdir DIR                                        the embedded CPU pipeline
+    ifp list                                                      registered experiments
+
+User errors (config typos, unknown experiment/task, malformed data, incompatible workdir) print
+one line `ifp: error: ...` and exit 2; set IFP_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _resolve(experiment: str, overrides: list[str]):
+    import experiments
+    from ifp_jax.config import apply_overrides
+    return apply_overrides(experiments.get(experiment), overrides)
+
+
+def _cmd_train(args) -> None:
+    cfg = _resolve(args.experiment, args.overrides)
+    from ifp_jax.train.loop import train
+    train(cfg, args.workdir)
+
+
+def _cmd_config(args) -> None:
+    from ifp_jax.config import to_json
+    print(to_json(_resolve(args.experiment, args.overrides)))
+
+
+def _cmd_eval(args) -> None:
+    from ifp_jax.eval.run import evaluate_workdir
+    evaluate_workdir(args.workdir, mode=args.mode, eval_mask=args.eval_mask)
+
+
+def _cmd_demo(args) -> None:
+    from ifp_jax.demo import run_demo
+    run_demo(args.workdir, args.overrides)
+
+
+def _cmd_list(args) -> None:
+    import experiments
+    print("\n".join(experiments.names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ifp", description="Instruction-following pruning in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an experiment (rerun on the same workdir resumes)")
+    t.add_argument("experiment")
+    t.add_argument("--workdir", required=True)
+    t.add_argument("overrides", nargs="*", metavar="section.key=value")
+    t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("config", help="print the resolved config as JSON")
+    c.add_argument("experiment")
+    c.add_argument("overrides", nargs="*", metavar="section.key=value")
+    c.set_defaults(fn=_cmd_config)
+
+    e = sub.add_parser("eval", help="held-out exact match of a trained workdir")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--mode", choices=["dense", "soft", "hard", "static", "given"], default=None)
+    e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None)
+    e.set_defaults(fn=_cmd_eval)
+
+    d = sub.add_parser("demo", help="dense source -> IFP CPT -> IFP SFT, then a per-task table")
+    d.add_argument("--workdir", required=True)
+    d.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="applied to every stage, e.g. train.compute_dtype=float32")
+    d.set_defaults(fn=_cmd_demo)
+
+    ls = sub.add_parser("list", help="list registered experiments")
+    ls.set_defaults(fn=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ifp_jax.config import ConfigError
+    from ifp_jax.data.errors import DataError
+    try:
+        args.fn(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        if os.environ.get("IFP_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"ifp: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

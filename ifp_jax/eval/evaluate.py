@@ -1,0 +1,133 @@
+"""Held-out evaluation: per-task exact match with SeqIO's metric functions, plus mask statistics.
+
+For every task of the mixture that has metrics, the held-out examples' prompts go through the
+predictor once (mask selection), then greedy decoding with that fixed mask produces the answer,
+which is detokenised and scored by the task's own `metric_fns`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+from jax.sharding import Mesh
+
+from ifp_jax import sharding as shd
+from ifp_jax.config import ExperimentConfig
+from ifp_jax.data import pipeline, vocab as vocab_lib
+from ifp_jax.eval.mask_stats import finalize, mask_statistics
+from ifp_jax.infer.generate import greedy_decode, prompt_only_inputs
+from ifp_jax.model.ifp import IFPModel
+
+EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
+
+
+@dataclasses.dataclass
+class EvalResult:
+    per_task: dict[str, float]  # task -> exact match in [0, 1]
+    mask_stats: dict[str, float]
+    samples: dict[str, list[tuple[str, str, str]]]  # task -> [(prompt, target, prediction)]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.per_task.values()))) if self.per_task else float("nan")
+
+
+def _decode_text(vocab: seqio.Vocabulary, ids: np.ndarray) -> str:
+    ids = list(ids)
+    if vocab.eos_id in ids:
+        ids = ids[:ids.index(vocab.eos_id)]
+    return vocab.decode(ids)
+
+
+def _exact_match_from_metrics(values: dict) -> float:
+    for key in ("exact_match", "accuracy", "sequence_accuracy"):
+        if key in values:
+            v = float(values[key])
+            return v / 100.0 if v > 1.0 else v
+    raise ValueError(f"task metrics {sorted(values)} have no exact_match")
+
+
+def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
+    """Returns fn(params, batch) -> (generated [B, num_steps], mask [B, L, F] or zeros)."""
+
+    def run(params, batch):
+        variables = {"params": params}
+        out = model.apply(variables, batch, mode=mode, temperature=temperature, train=False)
+        inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
+                                           batch["decoder_loss_weights"])
+        mask = out.mask
+
+        def logits_fn(tokens):
+            b = dict(batch, decoder_input_tokens=tokens)
+            if mask is None:
+                return model.apply(variables, b, mode="dense", temperature=temperature,
+                                   train=False).logits
+            return model.apply(variables, b, mode="given", given_mask=mask,
+                               temperature=temperature, train=False).logits
+
+        generated = greedy_decode(logits_fn, inputs, start, num_steps)
+        return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
+
+    return run
+
+
+def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
+             task_names: list[str] | None = None, mode: str | None = None,
+             batch_size: int = 256, num_samples: int = 3) -> EvalResult:
+    """Exact match per held-out task (all processes compute the same full result)."""
+    mode = mode or cfg.pruning.mode
+    task_names = task_names if task_names is not None else pipeline.eval_task_names(cfg.data)
+    vocab = vocab_lib.get_vocabulary(cfg.data.vocabulary)
+    examples = [pipeline.make_eval_examples(cfg.data, cfg.predictor.max_prompt_len, name,
+                                            cfg.data.eval_examples_per_task)
+                for name in task_names]
+    arrays = {k: np.concatenate([e[k] for e in examples]) for k in EVAL_KEYS}
+    task_of = np.concatenate([np.full(len(e["decoder_loss_weights"]), i, np.int32)
+                              for i, e in enumerate(examples)])
+    total = len(task_of)
+    num_steps = int(arrays["decoder_loss_weights"].sum(1).max())
+    n_dev = mesh.devices.size
+    batch_size = -(-min(batch_size, total) // n_dev) * n_dev
+    padded = -(-total // batch_size) * batch_size
+    for k in EVAL_KEYS:  # pad by repeating the last example (its results are dropped)
+        arrays[k] = np.concatenate([arrays[k], np.repeat(arrays[k][-1:], padded - total, 0)])
+
+    run = make_eval_fn(model, mode, cfg.pruning.temperature_end, num_steps)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        run = jax.jit(run)
+        gens, masks = [], []
+        for s in range(0, padded, batch_size):
+            batch = {k: jax.make_array_from_callback(
+                (batch_size,) + v.shape[1:], shd.batch_sharding(mesh, v.ndim),
+                lambda idx, v=v, s=s: v[s:s + batch_size][idx]) for k, v in arrays.items()}
+            g, m = run(params, batch)
+            gens.append(np.asarray(jax.device_get(g)))
+            masks.append(m)
+    generated = np.concatenate(gens)[:total]
+
+    per_task, samples, offset = {}, {}, 0
+    for name, ex in zip(task_names, examples):
+        n = len(ex["decoder_loss_weights"])
+        preds = [_decode_text(vocab, row) for row in generated[offset:offset + n]]
+        task = seqio.get_mixture_or_task(name)
+        values = {}
+        for fn in task.metric_fns:
+            values.update(fn(list(ex["target_text"]), preds))
+        per_task[name] = _exact_match_from_metrics(values)
+        samples[name] = list(zip(ex["prompt_text"][:num_samples], ex["target_text"][:num_samples],
+                                 preds[:num_samples]))
+        offset += n
+
+    stats = {}
+    if mode != "dense":
+        all_masks = jnp.concatenate([jax.device_get(m) for m in masks])[:total]
+        sums = mask_statistics(all_masks, None, jnp.asarray(task_of), len(task_names),
+                               cfg.pruning.keep_k)
+        stats = finalize({k: float(v) for k, v in sums.items()})
+    return EvalResult(per_task=per_task, mask_stats=stats, samples=samples)

@@ -1,0 +1,49 @@
+"""`ifp eval`: restore a workdir's latest checkpoint and report held-out exact match."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from ifp_jax import sharding as shd
+from ifp_jax.config import ConfigError, ExperimentConfig, replace
+from ifp_jax.data import tasks
+from ifp_jax.eval.evaluate import EvalResult, evaluate
+from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.train.optim import make_optimizer
+from ifp_jax.train.state import build_model, state_layout
+
+
+def restore_params(workdir: str, cfg: ExperimentConfig, mesh):
+    model = build_model(cfg)
+    layout = state_layout(model, cfg, make_optimizer(cfg.optimizer, cfg.train.steps), mesh)
+    ck = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
+    try:
+        restored = ck.restore_latest(layout.abstract)
+    finally:
+        ck.close()
+    if restored is None:
+        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: run `ifp train` there first")
+    return restored[0], restored[1].params
+
+
+def evaluate_workdir(workdir: str, mode: str | None = None, eval_mask: str | None = None,
+                     verbose: bool = True) -> tuple[ExperimentConfig, EvalResult]:
+    """Evaluates `workdir` with its own config, optionally under another mask mode/eval mask."""
+    cfg = ckpt_lib.load_workdir_config(workdir)
+    if eval_mask:
+        cfg = replace(cfg, pruning=replace(cfg.pruning, eval_mask=eval_mask))
+    mode = mode or cfg.pruning.mode
+    tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
+    mesh = shd.make_mesh(cfg.mesh)
+    step, params = restore_params(workdir, cfg, mesh)
+    result = evaluate(build_model(cfg), params, cfg, mesh, mode=mode)
+    if verbose and jax.process_index() == 0:
+        print(f"{workdir} @ step {step}, mode={mode}, eval_mask={cfg.pruning.eval_mask}")
+        for name, em in result.per_task.items():
+            print(f"  {name:32s} {em:6.3f}")
+        print(f"  {'mean':32s} {result.mean:6.3f}")
+        for k, v in result.mask_stats.items():
+            print(f"  {k:32s} {v:6.3f}")
+    return cfg, result

@@ -1,0 +1,136 @@
+"""Orbax checkpoints of the train state plus the data iterator's position, and workdir checks.
+
+Layout of a workdir:
+    DIR/config.json            the resolved ExperimentConfig (written before any work)
+    DIR/checkpoints/<step>/    orbax: `state` (TrainState, sharded arrays) + `data` (JSON)
+    DIR/metrics.jsonl, DIR/tb/ metrics
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed
+mid-save leaves no step that looks finished; a step that still fails to restore is reported and
+skipped (never deleted), and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from ifp_jax import config as config_lib
+from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
+
+CONFIG_FILE = "config.json"
+# Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
+STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
+
+
+class Checkpointer:
+    """Thin wrapper over orbax.CheckpointManager: save/restore state + data position."""
+
+    def __init__(self, workdir: str, cfg: CheckpointConfig):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        """Starts an (async) save; returns before the write completes when async is on."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """Restores the newest readable step into `abstract_state`'s shardings, or None."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, never deleted
+                print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
+                      file=sys.stderr)
+                continue
+            return step, out["state"], dict(out["data"])
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not k == "rates":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
+    """Writes config.json, or checks it against an existing run before anything is touched.
+
+    A workdir holding checkpoints of another experiment, or of a different model/predictor/
+    pruning shape, is refused with a one-line error (nothing is overwritten). Changes to other
+    settings (e.g. train.steps to extend a run) are allowed; the previous config is kept as
+    config.<n>.json.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    new = config_lib.to_dict(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path} is not valid JSON ({e}); move it away or use a new "
+                                  f"--workdir") from None
+        has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+            name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+        changed = _changed_keys(old, new)
+        if has_ckpt:
+            if old.get("name") != cfg.name:
+                raise ConfigError(
+                    f"workdir {workdir} holds checkpoints of experiment '{old.get('name')}', not "
+                    f"'{cfg.name}'; use a new --workdir (nothing was changed)")
+            bad = [k for k in changed if any(k == s or k.startswith(s + ".")
+                                             for s in STRUCTURAL_KEYS)]
+            if bad:
+                raise ConfigError(
+                    f"workdir {workdir} holds checkpoints made with a different {bad[0]} "
+                    f"({len(bad)} structural key(s) differ); use a new --workdir (nothing was "
+                    f"changed)")
+        if changed:
+            n = 1
+            while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+                n += 1
+            os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+            print(f"[ifp] config changed in {workdir}: {', '.join(changed[:8])}"
+                  f"{' ...' if len(changed) > 8 else ''} (previous kept as config.{n}.json)")
+    if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config_lib.to_json(cfg))
+        os.replace(tmp, path)
+
+
+def load_workdir_config(workdir: str) -> ExperimentConfig:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
+    return config_lib.load_json(path)

@@ -1,0 +1,89 @@
+"""Metric sinks: terminal progress line, DIR/metrics.jsonl (one JSON object per logged step) and
+TensorBoard event files (tensorboardX, so no TensorFlow session is needed to write them)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsWriter:
+    """Writes on the primary process only; other processes keep silent."""
+
+    def __init__(self, workdir: str, total_steps: int, label: str = "train"):
+        self.primary = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.label = label
+        self._jsonl = None
+        self._tb = None
+        if self.primary:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self._t0 = time.time()
+        self._window_start = (time.time(), None)
+
+    def start_window(self, step: int) -> None:
+        self._window_start = (time.time(), step)
+
+    def rate(self, step: int, tokens: float) -> dict:
+        """Throughput since the window started: steps/s, tokens/s and the ETA of the run."""
+        t0, s0 = self._window_start
+        dt = max(time.time() - t0, 1e-9)
+        steps = step - (s0 if s0 is not None else step)
+        out = {"perf/steps_per_sec": steps / dt, "perf/tokens_per_sec": tokens / dt}
+        out["perf/eta_sec"] = ((self.total_steps - step) / (steps / dt)) if steps else float("nan")
+        return out
+
+    def write(self, step: int, metrics: dict, console: bool = True) -> None:
+        if not self.primary:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        self._jsonl.flush()
+        for k, v in clean.items():
+            if math.isfinite(v):
+                self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+        if console:
+            print(self._line(step, clean), flush=True)
+
+    def _line(self, step: int, m: dict) -> str:
+        parts = [f"[{self.label}] step {step}/{self.total_steps}"]
+        for key, fmt, name in (("loss", "{:.4f}", "loss"), ("balance_loss", "{:.3f}", "bal"),
+                               ("perf/tokens_per_sec", "{:,.0f}", "tok/s"),
+                               ("mask/lambda_kept_mean", "{:.2f}", "λkept"),
+                               ("mask/overlap_within_task", "{:.2f}", "ovl-in"),
+                               ("mask/overlap_across_tasks", "{:.2f}", "ovl-across"),
+                               ("mask/units_used_frac", "{:.2f}", "used"),
+                               ("eval/mean_exact_match", "{:.3f}", "eval-EM")):
+            if key in m and math.isfinite(m[key]):
+                parts.append(f"{name} {fmt.format(m[key])}")
+        if "perf/eta_sec" in m:
+            parts.append(f"ETA {_fmt_duration(m['perf/eta_sec'])}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self.primary:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def print_primary(*args) -> None:
+    if jax.process_index() == 0:
+        print(*args, flush=True, file=sys.stdout)

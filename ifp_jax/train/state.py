@@ -1,0 +1,136 @@
+"""Train state, its creation directly into its shardings, and compute-dtype resolution.
+
+Parameters carry logical axis names (flax `with_logical_partitioning`); the optimizer state
+inherits each parameter's sharding by tree-path suffix, so AdamW moments are sharded like their
+parameters without depending on optax's internal state layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ifp_jax import sharding as shd
+from ifp_jax.config import ExperimentConfig
+from ifp_jax.model.ifp import IFPModel
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Any
+    opt_state: Any
+
+
+def resolve_compute_dtype(name: str) -> jnp.dtype:
+    """'auto' is bf16 on TPU/GPU and f32 on CPU (bf16 matmuls are slower than f32 on CPU)."""
+    if name == "auto":
+        return jnp.bfloat16 if jax.default_backend() in ("tpu", "gpu") else jnp.float32
+    return jnp.dtype(name)
+
+
+def build_model(cfg: ExperimentConfig) -> IFPModel:
+    return IFPModel(model_cfg=cfg.model, predictor_cfg=cfg.predictor, pruning_cfg=cfg.pruning,
+                    dtype=resolve_compute_dtype(cfg.train.compute_dtype))
+
+
+def dummy_batch(cfg: ExperimentConfig, batch_size: int = 1) -> dict:
+    """A zero batch of the right shapes, for init and AOT compilation."""
+    t, p = cfg.data.seq_len, cfg.predictor.max_prompt_len
+    return {
+        "predictor_tokens": np.ones((batch_size, p), np.int32),
+        "decoder_input_tokens": np.zeros((batch_size, t), np.int32),
+    }
+
+
+def _init_params_boxed(model: IFPModel, cfg: ExperimentConfig, rng: jax.Array):
+    return model.init(rng, dummy_batch(cfg), mode="soft", temperature=1.0, train=False)["params"]
+
+
+def param_logical_specs(model: IFPModel, cfg: ExperimentConfig) -> Any:
+    """PartitionSpecs of logical names for every parameter (no arrays are allocated)."""
+    boxed = jax.eval_shape(lambda r: _init_params_boxed(model, cfg, r), jax.random.key(0))
+    specs = nn.get_partition_spec(boxed)
+    shd.check_rules_cover(specs)
+    return specs
+
+
+def _path_key(path) -> tuple:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _opt_state_specs(abstract_opt_state: Any, param_specs: Any, abstract_params: Any) -> Any:
+    """Gives each optimizer-state leaf the spec of the parameter whose path is its path's suffix."""
+    by_path = {}
+    for (path, spec), leaf in zip(
+            jax.tree_util.tree_flatten_with_path(
+                param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0],
+            jax.tree_util.tree_leaves(abstract_params)):
+        by_path[_path_key(path)] = (spec, leaf.shape)
+
+    def spec_for(path, leaf):
+        key = _path_key(path)
+        for start in range(len(key)):
+            hit = by_path.get(key[start:])
+            if hit is not None and hit[1] == leaf.shape:
+                return hit[0]
+        return PartitionSpec()
+
+    return jax.tree_util.tree_map_with_path(spec_for, abstract_opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """Abstract shapes and shardings of the train state on one mesh."""
+
+    abstract: TrainState  # of jax.ShapeDtypeStruct carrying .sharding
+    shardings: TrainState  # of NamedSharding
+    logical_specs: TrainState  # of logical PartitionSpec
+
+
+def state_layout(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
+                 mesh: Mesh) -> StateLayout:
+    param_specs = param_logical_specs(model, cfg)
+    abstract_params = jax.eval_shape(
+        lambda r: nn.meta.unbox(_init_params_boxed(model, cfg, r)), jax.random.key(0))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    specs = TrainState(step=PartitionSpec(), params=param_specs,
+                       opt_state=_opt_state_specs(abstract_opt, param_specs, abstract_params))
+    shardings = shd.logical_sharding(mesh, specs)
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                   opt_state=abstract_opt),
+        shardings)
+    return StateLayout(abstract=abstract, shardings=shardings, logical_specs=specs)
+
+
+def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
+                 layout: StateLayout, mesh: Mesh,
+                 params_override: Callable[[Any], Any] | None = None) -> TrainState:
+    """Initialises the state directly into its shardings (no host-side full copy).
+
+    `params_override(params) -> params` may replace sub-trees (stage chaining) before the
+    optimizer state is built from them.
+    """
+    def init(rng):
+        params = nn.meta.unbox(_init_params_boxed(model, cfg, rng))
+        return params
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        params = jax.jit(init, out_shardings=layout.shardings.params)(
+            jax.random.key(cfg.train.seed))
+    if params_override is not None:
+        params = params_override(params)
+        params = jax.device_put(params, layout.shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)

@@ -46,9 +46,16 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
             raise ConfigError(f"{len(devices)} devices are not divisible by the fixed mesh axes "
                               f"(product {known}); change mesh.fsdp / mesh.tensor")
         sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
-        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices "
+    needed = int(np.prod(sizes))
+    if needed > len(devices):
+        raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {needed} devices "
                           f"but {len(devices)} are available; set one mesh axis to -1")
+    if needed < len(devices):
+        # Debugging on a subset (e.g. mesh.data=1 on a multi-device host) is allowed, but said.
+        if jax.process_index() == 0:
+            print(f"[ifp] mesh uses {needed} of {len(devices)} devices "
+                  f"(set one mesh axis to -1 to use all)")
+        devices = devices[:needed]
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 

@@ -1,0 +1,190 @@
+"""Host-side batches for the trainer and evaluator, in the batch contract (numpy).
+
+Each task's split is tokenized once by SeqIO (its own preprocessors), materialised as fixed-shape
+numpy arrays and cached per process. Training order comes from grain `MapDataset`s over example
+indices: per task shuffled (seeded) and repeated, then mixed by rate. Because a MapDataset is
+random-access, the global batch at step s is a pure function of (config, s): the only state to
+checkpoint is the step, and resuming reproduces an uninterrupted run exactly.
+
+Batch contract (T = DataConfig.seq_len, P = predictor max prompt length):
+  predictor_tokens [B,P] int32      prompt in the predictor vocabulary, right-padded with 0; a
+                                    longer prompt keeps its LAST P tokens (predictor_truncated=1)
+  decoder_input_tokens [B,T] int32  targets shifted right by one, 0 first
+  decoder_target_tokens [B,T] int32 prompt + response (+EOS), right-padded with 0
+  decoder_loss_weights [B,T] f32    1 on response (+EOS) tokens only
+  task_id [B] int32                 index into TrainBatches.task_names
+  predictor_truncated / decoder_truncated [B] int32; when prompt + response exceed T the prompt
+                                    loses tokens from the left first, then the response from
+                                    the right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import seqio
+import tensorflow as tf
+import grain
+
+from ifp_jax.config import DataConfig
+from ifp_jax.data import tasks
+from ifp_jax.data.errors import DataError
+from ifp_jax.data.vocab import get_vocabulary
+
+_FEATURES = ("predictor_tokens", "inputs", "targets")
+_TF_BATCH = 4096
+_CONTRACT_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights", "predictor_truncated", "decoder_truncated")
+# (task, split, fingerprint) -> list of 1-D token arrays per feature.
+_TOKENIZED_CACHE: dict[tuple, dict[str, list[np.ndarray]]] = {}
+
+
+def tokenized_examples(task_name: str, split: str) -> dict[str, list[np.ndarray]]:
+    """All examples of a registered task's split, tokenized by SeqIO (cached per process)."""
+    key = (task_name, split, tasks.task_fingerprint(task_name))
+    if key not in _TOKENIZED_CACHE:
+        task = seqio.get_mixture_or_task(task_name)
+        ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
+                              num_epochs=1)
+        # Batch with padding (one numpy conversion per 4096 examples instead of per example) and
+        # carry each length so padding can be cut off exactly.
+        ds = ds.map(lambda ex: {**{k: ex[k] for k in _FEATURES},
+                                **{k + "_len": tf.size(ex[k]) for k in _FEATURES}})
+        out = {k: [] for k in _FEATURES}
+        for b in ds.padded_batch(_TF_BATCH).as_numpy_iterator():
+            for k in _FEATURES:
+                out[k].extend(row[:n] for row, n in zip(b[k], b[k + "_len"]))
+        if not out["targets"]:
+            raise DataError(f"task '{task_name}' has no '{split}' examples")
+        _TOKENIZED_CACHE[key] = out
+    return _TOKENIZED_CACHE[key]
+
+
+def to_contract(examples: dict[str, list[np.ndarray]], predictor_max_len: int,
+                seq_len: int) -> dict[str, np.ndarray]:
+    """Tokenized prompt/target lists -> fixed-shape arrays of the batch contract (no task_id)."""
+    n, p, t = len(examples["targets"]), predictor_max_len, seq_len
+    out = {"predictor_tokens": np.zeros((n, p), np.int32),
+           "decoder_target_tokens": np.zeros((n, t), np.int32),
+           "decoder_loss_weights": np.zeros((n, t), np.float32),
+           "predictor_truncated": np.zeros((n,), np.int32),
+           "decoder_truncated": np.zeros((n,), np.int32)}
+    for i, (pred, prompt, resp) in enumerate(zip(*(examples[k] for k in _FEATURES))):
+        if len(pred) > p:  # keep the end: the predictor reads the last prompt token
+            pred, out["predictor_truncated"][i] = pred[-p:], 1
+        out["predictor_tokens"][i, :len(pred)] = pred
+        if len(prompt) + len(resp) > t:
+            out["decoder_truncated"][i] = 1
+            resp = resp[:t]
+            prompt = prompt[len(prompt) - (t - len(resp)):] if t > len(resp) else prompt[:0]
+        seq = np.concatenate([prompt, resp])
+        out["decoder_target_tokens"][i, :len(seq)] = seq
+        out["decoder_loss_weights"][i, len(prompt):len(seq)] = 1.0
+    out["decoder_input_tokens"] = np.zeros_like(out["decoder_target_tokens"])
+    out["decoder_input_tokens"][:, 1:] = out["decoder_target_tokens"][:, :-1]
+    return out
+
+
+def _contract_arrays(task_name: str, split: str, predictor_max_len: int, seq_len: int) -> dict:
+    key = ("contract", task_name, split, tasks.task_fingerprint(task_name), predictor_max_len,
+           seq_len)
+    if key not in _TOKENIZED_CACHE:
+        _TOKENIZED_CACHE[key] = to_contract(tokenized_examples(task_name, split),
+                                            predictor_max_len, seq_len)
+    return _TOKENIZED_CACHE[key]
+
+
+class TrainBatches:
+    """Iterator of this host's share of each global batch; resumable via get/set_state.
+
+    Host h of H takes rows [h*B/H, (h+1)*B/H) of global batch s; concatenating the hosts in
+    process order gives the single-process global batch.
+    """
+
+    def __init__(self, data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
+                 process_count: int = 1):
+        if data_cfg.global_batch_size % process_count:
+            raise DataError(f"data.global_batch_size={data_cfg.global_batch_size} must be "
+                            f"divisible by the number of processes ({process_count})")
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index={process_index} out of range 0..{process_count - 1}")
+        tasks.register_all(data_cfg, predictor_max_len)
+        rates = tasks.mixture_rates(data_cfg)
+        self.task_names: list[str] = list(rates)
+        self.rates = rates
+        self.host_batch_size = data_cfg.global_batch_size // process_count
+        self._global_batch_size = data_cfg.global_batch_size
+        self._offset = process_index * self.host_batch_size
+        self._step = 0
+        self._arrays, parts, weights = [], [], []
+        for task_id, name in enumerate(self.task_names):
+            if rates[name] <= 0:  # listed for stable task ids, never sampled nor loaded
+                self._arrays.append(None)
+                continue
+            arrays = _contract_arrays(name, "train", predictor_max_len, data_cfg.seq_len)
+            self._arrays.append(arrays)
+            n = len(arrays["decoder_target_tokens"])
+            # Per-task seed: tasks do not share a permutation; each epoch is reshuffled.
+            ds = (grain.MapDataset.range(n).shuffle(seed=data_cfg.seed * 1000 + task_id)
+                  .repeat().map(lambda j, t=task_id: (t, j)))
+            parts.append(ds)
+            weights.append(rates[name])
+        self._mixed = grain.MapDataset.mix(parts, weights=weights)
+
+    def __iter__(self):
+        return self
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """This host's rows of global batch `step` (pure function of config and step)."""
+        start = step * self._global_batch_size + self._offset
+        picks = [self._mixed[i] for i in range(start, start + self.host_batch_size)]
+        rows = {k: [] for k in _CONTRACT_KEYS}
+        for task_id, j in picks:
+            for k in rows:
+                rows[k].append(self._arrays[task_id][k][j])
+        batch = {k: np.stack(v) for k, v in rows.items()}
+        batch["task_id"] = np.asarray([t for t, _ in picks], np.int32)
+        return batch
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.batch_at(self._step)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position (the next step to produce)."""
+        return {"step": self._step}
+
+    def set_state(self, state: dict) -> None:
+        self._step = int(state["step"])
+
+
+def make_train_batches(data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
+                       process_count: int = 1) -> TrainBatches:
+    return TrainBatches(data_cfg, predictor_max_len, process_index, process_count)
+
+
+def eval_task_names(data_cfg: DataConfig) -> list[str]:
+    """Tasks of the mixture (any rate) that define a metric, i.e. can be scored by exact match."""
+    tasks.register_all(data_cfg)
+    return [name for name in tasks.mixture_rates(data_cfg)
+            if seqio.get_mixture_or_task(name).metric_fns]
+
+
+def make_eval_examples(data_cfg: DataConfig, predictor_max_len: int, task_name: str,
+                       n: int) -> dict:
+    """The first `n` held-out ('validation') examples of one task, in the batch contract, plus
+    'prompt_text' and 'target_text' (response without EOS) decoded with the LLM vocabulary."""
+    tasks.register_all(data_cfg, predictor_max_len)
+    if task_name not in seqio.TaskRegistry.names():
+        raise DataError(f"unknown task '{task_name}': "
+                        f"{tasks.closest_name(task_name, list(seqio.TaskRegistry.names()))}")
+    examples = tokenized_examples(task_name, "validation")
+    examples = {k: v[:n] for k, v in examples.items()}
+    out = to_contract(examples, predictor_max_len, data_cfg.seq_len)
+    out["task_id"] = np.zeros((len(examples["targets"]),), np.int32)  # one task: id 0
+    vocab = get_vocabulary(data_cfg.vocabulary)
+    eos = vocab.eos_id
+    out["prompt_text"] = [vocab.decode(p.tolist()) for p in examples["inputs"]]
+    out["target_text"] = [vocab.decode([i for i in r.tolist() if i != eos])
+                          for r in examples["targets"]]
+    return out

@@ -1,0 +1,318 @@
+"""SeqIO registrations: one task per embedded skill, CPT over any text, user JSONL, mixtures.
+
+Every task emits the same three output features, which the pipeline turns into the batch contract:
+  'predictor_tokens'  the prompt in the PREDICTOR's vocabulary (each vocabulary tokenizes the text),
+  'inputs'            the prompt in the LLM vocabulary (no EOS),
+  'targets'           the part the LLM is trained on (instruction tasks: response + EOS).
+CPT fits the same mould (PAPER.md §5): 'inputs' = chunks 1..k, 'targets' = chunk k+1 (no EOS),
+'predictor_tokens' = chunk k.
+
+Registration is idempotent: `register_all` with unchanged settings is a no-op; with other settings
+it removes and re-adds each task, so a process can switch vocabularies or chunk sizes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+import sysconfig
+from typing import Callable, Iterable, Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+from ifp_jax.config import DataConfig
+from ifp_jax.data import skills
+from ifp_jax.data.errors import DataError
+from ifp_jax.data.vocab import get_vocabulary
+
+SKILL_PREFIX = "ifp_skill_"
+CPT_STDLIB = "ifp_cpt_stdlib"
+JSONL_TASK = "ifp_jsonl"
+MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt")
+
+# The embedded skill data is a fixed data set (like a downloaded one): its generation seed is a
+# constant; DataConfig.seed only shuffles. 10k train examples per skill is about one epoch of the
+# demo (1500 steps x 64 / 11 skills), so the model must generalise to the held-out inputs.
+SKILL_EXAMPLES = {"train": 10_000, "validation": 1_000}
+SKILL_GENERATION_SEED = 0
+# CPT on the stdlib: bytes of source read per split (keeps loading well under a few seconds).
+CPT_STDLIB_MAX_BYTES = {"train": 1_000_000, "validation": 100_000}
+# JSONL: example i (0-based, blank lines skipped) is held out iff i % 20 == 19.
+JSONL_HELD_OUT_EVERY = 20
+
+# name -> settings the task was registered with (used for idempotence and as a cache key).
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict:
+    """{'exact_match': fraction in 0..1} of predictions equal to their target string."""
+    if len(targets) != len(predictions):
+        raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
+    hits = sum(t == p for t, p in zip(targets, predictions))
+    return {"exact_match": hits / max(len(targets), 1)}
+
+
+def task_fingerprint(name: str) -> str:
+    """A string that changes whenever task `name` is re-registered with other settings."""
+    if name in _FINGERPRINTS:
+        return _FINGERPRINTS[name]
+    return f"external:{id(seqio.get_mixture_or_task(name))}"
+
+
+def _features(data_cfg: DataConfig, targets_eos: bool) -> dict:
+    llm = get_vocabulary(data_cfg.vocabulary)
+    return {"predictor_tokens": seqio.Feature(get_vocabulary(data_cfg.predictor_vocabulary),
+                                              add_eos=False),
+            "inputs": seqio.Feature(llm, add_eos=False),
+            "targets": seqio.Feature(llm, add_eos=targets_eos)}
+
+
+def _add_task(name: str, fingerprint: str, **kwargs) -> None:
+    if _FINGERPRINTS.get(name) == fingerprint and name in seqio.TaskRegistry.names():
+        return
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(name, **kwargs)
+    _FINGERPRINTS[name] = fingerprint
+
+
+def _add_mixture(name: str, tasks: list) -> None:
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, tasks)
+
+
+# ----------------------------------------------------------------------------- prompt/response
+
+def _prompt_response_dataset(examples: list[dict]) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(
+        {"prompt": tf.constant([e["prompt"] for e in examples], tf.string),
+         "response": tf.constant([e["response"] for e in examples], tf.string)})
+
+
+_PROMPT_RESPONSE_PREPROCESSORS = [
+    # Both vocabularies tokenize the same prompt text; 'targets' is the response.
+    functools.partial(seqio.preprocessors.rekey, key_map={
+        "predictor_tokens": "prompt", "inputs": "prompt", "targets": "response"}),
+    seqio.preprocessors.tokenize,
+    seqio.preprocessors.append_eos_after_trim,
+]
+
+
+def _register_prompt_response(name: str, fingerprint: str, data_cfg: DataConfig,
+                              dataset_fn: Callable) -> None:
+    _add_task(name, fingerprint,
+              source=seqio.FunctionDataSource(dataset_fn, splits=skills.SPLITS,
+                                              caching_permitted=False),
+              output_features=_features(data_cfg, targets_eos=True),
+              preprocessors=_PROMPT_RESPONSE_PREPROCESSORS,
+              metric_fns=[exact_match])
+
+
+@functools.lru_cache(maxsize=None)
+def _skill_examples(skill: str, split: str) -> tuple:
+    return tuple(skills.generate(skill, split, SKILL_EXAMPLES[split], SKILL_GENERATION_SEED))
+
+
+def register_skill_tasks(data_cfg: DataConfig) -> list[str]:
+    """Registers `ifp_skill_<name>` for every embedded skill; returns the task names."""
+    names = []
+    for skill in skills.SKILLS:
+        def dataset_fn(split, shuffle_files=False, seed=None, skill=skill):
+            del shuffle_files, seed  # a fixed data set; the pipeline shuffles
+            return _prompt_response_dataset(list(_skill_examples(skill, split)))
+        name = SKILL_PREFIX + skill
+        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
+                                  SKILL_EXAMPLES, SKILL_GENERATION_SEED])
+        _register_prompt_response(name, fingerprint, data_cfg, dataset_fn)
+        names.append(name)
+    return names
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+def read_jsonl(path: str) -> list[dict]:
+    """Parses {"prompt": str, "response": str} lines; errors name `file:line` and the fix."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such JSONL file; set data.jsonl_path to an existing file")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            if not (isinstance(obj, dict) and isinstance(obj.get("prompt"), str)
+                    and isinstance(obj.get("response"), str)):
+                raise DataError(f"{path}:{lineno}: expected JSON object with string fields "
+                                f"'prompt' and 'response'")
+            if not obj["prompt"].strip():
+                raise DataError(f"{path}:{lineno}: empty 'prompt'; every example needs a "
+                                f"non-empty prompt for the predictor to read")
+            examples.append({"prompt": obj["prompt"], "response": obj["response"]})
+    if not examples:
+        raise DataError(f"{path}: no examples; add lines like "
+                        f'{{"prompt": "...", "response": "..."}}')
+    return examples
+
+
+def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
+    """A task over a user's JSONL file; validated eagerly so errors surface at registration.
+
+    Held out for 'validation': every 20th example (i % 20 == 19, blank lines not counted).
+    """
+    examples = read_jsonl(path)
+    splits = {"train": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY != 19],
+              "validation": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY == 19]}
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del shuffle_files, seed
+        return _prompt_response_dataset(splits[split])
+
+    stat = os.stat(path)
+    fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
+                              os.path.abspath(path), stat.st_mtime_ns, stat.st_size])
+    _register_prompt_response(name, fingerprint, data_cfg, dataset_fn)
+
+
+# ----------------------------------------------------------------------------- CPT
+
+def cpt_chunk_preprocessor(dataset: tf.data.Dataset, chunk_len: int, num_chunks: int,
+                           llm_vocab: seqio.Vocabulary,
+                           predictor_vocab: seqio.Vocabulary) -> tf.data.Dataset:
+    """{'text'} documents -> K-1 examples per window of K*chunk_len LLM tokens (PAPER.md §5).
+
+    Chunking is done in LLM tokens (for the byte vocabulary: bytes), windows never cross
+    documents and a document's tail shorter than a window is dropped. For example k (1-based,
+    k < K): 'inputs' = chunks 1..k, 'targets' = chunk k+1, and the predictor reads chunk k: its
+    LLM tokens are detokenized to text and re-tokenized with the predictor vocabulary (identical
+    tokens when both vocabularies are the same byte vocabulary).
+    """
+    window = chunk_len * num_chunks
+
+    def windows(ex):
+        ids = llm_vocab.encode_tf(ex["text"])
+        n = tf.size(ids) // window
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(ids[:n * window], [n, window]))
+
+    def example(w, k):
+        chunk_text = llm_vocab.decode_tf(w[(k - 1) * chunk_len:k * chunk_len])
+        return {"predictor_tokens": predictor_vocab.encode_tf(chunk_text),
+                "inputs": w[:k * chunk_len],
+                "targets": w[k * chunk_len:(k + 1) * chunk_len]}
+
+    # One flat pass per k (a nested dataset per window is ~5x slower); the pipeline shuffles.
+    wins = dataset.flat_map(windows)
+    per_k = [wins.map(functools.partial(example, k=k), num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True) for k in range(1, num_chunks)]
+    return functools.reduce(tf.data.Dataset.concatenate, per_k)
+
+
+def register_cpt_task(name: str, text_fn: Callable[[str], Iterable[str]], data_cfg: DataConfig,
+                      source_id: str = "") -> None:
+    """CPT task over any text: `text_fn(split)` yields the documents of 'train'/'validation'.
+
+    `source_id` should change when the text does (it keys the registration's idempotence).
+    """
+    llm = get_vocabulary(data_cfg.vocabulary)
+    pred = get_vocabulary(data_cfg.predictor_vocabulary)
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        del shuffle_files, seed
+        docs = list(text_fn(split))
+        return tf.data.Dataset.from_tensor_slices({"text": tf.constant(docs, tf.string)})
+
+    fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
+                              data_cfg.cpt_chunk_len, data_cfg.cpt_num_chunks, source_id])
+    _add_task(name, fingerprint,
+              source=seqio.FunctionDataSource(dataset_fn, splits=skills.SPLITS,
+                                              caching_permitted=False),
+              output_features=_features(data_cfg, targets_eos=False),
+              preprocessors=[functools.partial(
+                  cpt_chunk_preprocessor, chunk_len=data_cfg.cpt_chunk_len,
+                  num_chunks=data_cfg.cpt_num_chunks, llm_vocab=llm, predictor_vocab=pred)],
+              metric_fns=[])
+
+
+_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+@functools.lru_cache(maxsize=None)
+def stdlib_texts(split: str, max_bytes: Optional[int] = None) -> tuple[str, ...]:
+    """The Python standard library's own .py sources: a real text present on every machine.
+
+    Files are sorted by path; test directories and third-party packages are skipped; every 20th
+    file is held out for 'validation'. Reading stops after `max_bytes` per split.
+    """
+    max_bytes = CPT_STDLIB_MAX_BYTES[split] if max_bytes is None else max_bytes
+    root = sysconfig.get_paths()["stdlib"]
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        paths.extend(os.path.join(dirpath, f) for f in filenames
+                     if f.endswith(".py") and not f.startswith("test_"))
+    paths.sort()
+    texts, total = [], 0
+    for i, path in enumerate(paths):
+        if (i % 20 == 19) != (split == "validation"):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        texts.append(text[:max_bytes - total])
+        total += len(texts[-1])
+        if total >= max_bytes:
+            break
+    return tuple(texts)
+
+
+# ----------------------------------------------------------------------------- all + mixtures
+
+def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) -> None:
+    """Registers every ifp_* task and mixture for `data_cfg` (idempotent).
+
+    `predictor_max_len` is accepted for the trainer's call signature; the registered tasks do not
+    depend on it (prompt truncation to the predictor's length happens in the pipeline).
+    """
+    del predictor_max_len
+    skill_tasks = register_skill_tasks(data_cfg)
+    register_cpt_task(CPT_STDLIB, stdlib_texts, data_cfg,
+                      source_id=f"stdlib:{sysconfig.get_paths()['stdlib']}:"
+                                f"{json.dumps(CPT_STDLIB_MAX_BYTES)}")
+    if data_cfg.jsonl_path:
+        register_jsonl_task(JSONL_TASK, data_cfg.jsonl_path, data_cfg)
+    _add_mixture("ifp_multiskill", [(t, 1.0) for t in skill_tasks])
+    _add_mixture("ifp_cpt", [(CPT_STDLIB, 1.0)])
+    _add_mixture("ifp_multiskill_cpt", [(t, 1.0) for t in skill_tasks + [CPT_STDLIB]])
+
+
+def closest_name(name: str, known: list[str]) -> str:
+    """'did you mean X?' for the closest of `known` (difflib), else the list of known names."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.3)
+    return f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(known))}"
+
+
+def mixture_rates(data_cfg: DataConfig) -> dict[str, float]:
+    """Task name -> rate for `data_cfg.mixture` (a mixture or a single task), sorted by name,
+    with `data_cfg.rates` applied on top. Zero-rate tasks stay listed (stable task ids)."""
+    name = data_cfg.mixture
+    if name in seqio.MixtureRegistry.names():
+        mixture = seqio.get_mixture_or_task(name)
+        rates = {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
+    elif name in seqio.TaskRegistry.names():
+        rates = {name: 1.0}
+    else:
+        known = list(seqio.MixtureRegistry.names()) + list(seqio.TaskRegistry.names())
+        raise DataError(f"unknown data.mixture '{name}': {closest_name(name, known)}")
+    for task, rate in data_cfg.rates.items():
+        if task not in rates:
+            raise DataError(f"data.rates names task '{task}' which is not in mixture '{name}': "
+                            f"{closest_name(task, list(rates))}")
+        if not isinstance(rate, (int, float)) or rate < 0:
+            raise DataError(f"data.rates['{task}']={rate!r} must be a number >= 0")
+        rates[task] = float(rate)
+    if not any(r > 0 for r in rates.values()):
+        raise DataError(f"every task of mixture '{name}' has rate 0; raise one in data.rates")
+    return dict(sorted(rates.items()))

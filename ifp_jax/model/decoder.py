@@ -1,0 +1,78 @@
+"""The Llama-family decoder: embeddings, N masked-FFN blocks (scanned, optionally remat), LM head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ifp_jax.config import ModelConfig
+from ifp_jax.model.layers import DecoderBlock, RMSNorm, attention_bias, rope_cos_sin
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _block_class(cfg: ModelConfig):
+    if cfg.remat_policy == "none":
+        return DecoderBlock
+    return nn.remat(DecoderBlock, policy=_REMAT_POLICIES[cfg.remat_policy],
+                    prevent_cse=not cfg.scan_layers)
+
+
+class Decoder(nn.Module):
+    """tokens [B, T] (+ FFN mask [B, L, F]) -> logits [B, T, V] f32, or final hidden [B, T, D]."""
+
+    cfg: ModelConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, mask: jax.Array | None = None,
+                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                 return_hidden: bool = False) -> jax.Array:
+        c = self.cfg
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        embed = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+                         embedding_init=nn.with_logical_partitioning(
+                             nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+                         name="embed_tokens")
+        x = embed(tokens)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+        bias = attention_bias(segment_ids)
+        if mask is not None:
+            mask = nn.with_logical_constraint(mask, ("batch", "layers", "mlp"))
+        block = _block_class(c)
+        if c.scan_layers:
+            # The mask's layer axis is scanned with the layer params; a None mask is broadcast.
+            layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(0 if mask is not None else nn.broadcast, nn.broadcast,
+                                      nn.broadcast, nn.broadcast),
+                             length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            layer_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [L, B, F]
+            x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, bias)
+        else:
+            for i in range(c.n_layers):
+                row = None if mask is None else mask[:, i]
+                x, _ = block(c, self.dtype, name=f"layers_{i}")(x, row, cos, sin, bias)
+        x = RMSNorm(c.norm_eps, self.dtype, name="norm")(x)
+        if return_hidden:
+            return x
+        if c.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.DenseGeneral(c.vocab_size, use_bias=False, dtype=self.dtype,
+                                     param_dtype=jnp.float32,
+                                     kernel_init=nn.with_logical_partitioning(
+                                         nn.initializers.normal(stddev=0.02), ("embed", "vocab")),
+                                     name="lm_head")(x)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return logits.astype(jnp.float32)

@@ -1,0 +1,156 @@
+"""Llama-family building blocks: RMSNorm, RoPE, grouped-query attention, the masked SwiGLU FFN.
+
+Every parameter carries logical axis names (mapped to mesh axes by `ifp_jax.sharding.LOGICAL_RULES`);
+params are f32, matmuls run in the module's compute `dtype`, norms and softmax in f32.
+Parameter names follow Hugging Face Llama (q_proj, gate_proj, ...) so weight conversion is a
+reshape, not a rename table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ifp_jax.config import ModelConfig
+
+Dtype = Any
+_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _kernel(names: tuple[str, ...]):
+    return nn.with_logical_partitioning(_INIT, names)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale, computed in f32; returns the compute dtype."""
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale).astype(self.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float):
+    """positions [B, T] -> cos, sin [B, T, head_dim] (HF Llama layout: frequencies repeated)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, H, hd]; rotate_half convention of HF Llama (first half / second half pairs)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def attention_bias(segment_ids: jax.Array) -> jax.Array:
+    """[B, T] segment ids -> [B, 1, T, T] additive bias: causal and within-segment only."""
+    t = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return jnp.where(causal & same, 0.0, -1e30)[:, None].astype(jnp.float32)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention with RoPE."""
+
+    cfg: ModelConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 bias: jax.Array) -> jax.Array:  # x [B, T, D] -> [B, T, D]
+        c = self.cfg
+        dense = lambda feats, names, name: nn.DenseGeneral(
+            feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            kernel_init=_kernel(names), name=name)
+        q = dense((c.n_heads, c.head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
+        k = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "k_proj")(x)
+        v = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "v_proj")(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        group = c.n_heads // c.n_kv_heads
+        b, t = x.shape[:2]
+        q = q.reshape(b, t, c.n_kv_heads, group, c.head_dim)  # heads grouped by their kv head
+        logits = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32)
+        logits = logits / jnp.sqrt(c.head_dim).astype(jnp.float32) + bias[:, :, None]
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, c.n_heads, c.head_dim)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+        return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                               param_dtype=jnp.float32,
+                               kernel_init=_kernel(("heads", "head_dim", "embed")),
+                               name="o_proj")(out)
+
+
+class MaskedMLP(nn.Module):
+    """SwiGLU FFN whose hidden units are multiplied by a per-example mask (the masked-FFN layer).
+
+    down( silu(x W_gate) * (x W_up) * mask[:, None, :] ). A 0/1 mask with k ones equals the FFN
+    of the k gathered units (`gather_mlp_units`); a lambda-scaled mask equals gathering with
+    rows of W_down scaled by lambda.
+    """
+
+    d_ffn: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """x [B, T, D], mask [B, F] or None (dense) -> [B, T, D]."""
+        d = x.shape[-1]
+        dense = lambda feats, names, name: nn.DenseGeneral(
+            feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            kernel_init=_kernel(names), name=name)
+        gate = dense(self.d_ffn, ("embed", "mlp"), "gate_proj")(x)
+        up = dense(self.d_ffn, ("embed", "mlp"), "up_proj")(x)
+        h = nn.silu(gate) * up
+        if mask is not None:
+            h = h * mask[:, None, :].astype(h.dtype)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return dense(d, ("mlp", "embed"), "down_proj")(h)
+
+
+def gather_mlp_units(mlp_params: dict, keep_idx: jax.Array, scale: jax.Array | None = None) -> dict:
+    """Params of a dense MaskedMLP with d_ffn = k from the kept units of a larger one.
+
+    Args:
+      mlp_params: {'gate_proj': {'kernel': [D, F]}, 'up_proj': {...}, 'down_proj': {'kernel': [F, D]}}.
+      keep_idx: [k] int unit indices.
+      scale: optional [k] per-unit scale (lambda), folded into the rows of W_down.
+    """
+    down = mlp_params["down_proj"]["kernel"][keep_idx]
+    if scale is not None:
+        down = down * scale[:, None].astype(down.dtype)
+    return {"gate_proj": {"kernel": mlp_params["gate_proj"]["kernel"][:, keep_idx]},
+            "up_proj": {"kernel": mlp_params["up_proj"]["kernel"][:, keep_idx]},
+            "down_proj": {"kernel": down}}
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm attention + masked FFN. Scan-compatible: (x, mask_row) -> (x, None)."""
+
+    cfg: ModelConfig
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask_row: jax.Array | None, cos: jax.Array, sin: jax.Array,
+                 bias: jax.Array):
+        c = self.cfg
+        h = RMSNorm(c.norm_eps, self.dtype, name="input_layernorm")(x)
+        x = x + Attention(c, self.dtype, name="self_attn")(h, cos, sin, bias)
+        h = RMSNorm(c.norm_eps, self.dtype, name="post_attention_layernorm")(x)
+        x = x + MaskedMLP(c.d_ffn, self.dtype, name="mlp")(h, mask_row)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, None

@@ -1,6 +1,7 @@
 """Model: masked FFN == gathered FFN, predictor ignores padding, causality, modes, remat."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,12 @@ from ifp_jax.model.predictor import Predictor
 from tests.helpers import TINY_MODEL, TINY_PREDICTOR
 
 B, T, P, K = 3, 12, 16, 16
+
+
+@functools.lru_cache(maxsize=None)
+def jit(module, method="apply"):
+    """Jitted module.apply / module.init (eager Flax dispatch is slow on CPU)."""
+    return jax.jit(getattr(module, method), static_argnames=("mode", "train", "return_hidden"))
 
 
 def _tokens(seed, shape, low=3):
@@ -34,7 +41,7 @@ def _batch(seed=0):
 
 @pytest.fixture(scope="module")
 def params():
-    return nn.meta.unbox(_model().init(jax.random.key(0), _batch(), mode="soft")["params"])
+    return nn.meta.unbox(jit(_model(), "init")(jax.random.key(0), _batch(), mode="soft")["params"])
 
 
 @pytest.mark.parametrize("use_lambda", [False, True])
@@ -46,11 +53,11 @@ def test_hard_masked_ffn_equals_ffn_on_gathered_units(use_lambda):
     keep = jax.random.permutation(jax.random.key(3), f)[:K]
     scale = jax.random.uniform(jax.random.key(4), (K,), minval=0.2) if use_lambda else None
     mask = jnp.zeros((1, f)).at[0, keep].set(1.0 if scale is None else scale)
-    masked = mlp.apply({"params": p}, x, mask)
-    small = MaskedMLP(K).apply({"params": gather_mlp_units(p, keep, scale)}, x, None)
+    masked = jit(mlp)({"params": p}, x, mask)
+    small = jit(MaskedMLP(K))({"params": gather_mlp_units(p, keep, scale)}, x, None)
     np.testing.assert_allclose(masked, small, atol=1e-6, rtol=1e-5)
     # A wrong index set gives a different answer (the test can fail).
-    wrong = MaskedMLP(K).apply({"params": gather_mlp_units(p, (keep + 1) % f, scale)}, x, None)
+    wrong = jit(MaskedMLP(K))({"params": gather_mlp_units(p, (keep + 1) % f, scale)}, x, None)
     assert np.abs(np.asarray(masked - wrong)).max() > 1e-3
 
 
@@ -60,14 +67,14 @@ def test_whole_decoder_with_hard_mask_equals_pruned_dense_decoder(params):
     keep = [jax.random.permutation(jax.random.key(10 + i), TINY_MODEL.d_ffn)[:K]
             for i in range(TINY_MODEL.n_layers)]
     mask = jnp.stack([jnp.zeros(TINY_MODEL.d_ffn).at[k].set(1.0) for k in keep])[None]
-    masked = Decoder(TINY_MODEL).apply({"params": dec}, tokens, mask)
+    masked = jit(Decoder(TINY_MODEL))({"params": dec}, tokens, mask)
     mlp = dec["layers"]["mlp"]
     per_layer = [gather_mlp_units(jax.tree_util.tree_map(lambda a, i=i: a[i], mlp), keep[i])
                  for i in range(TINY_MODEL.n_layers)]
     pruned = dict(dec, layers=dict(dec["layers"], mlp=jax.tree_util.tree_map(
         lambda *a: jnp.stack(a), *per_layer)))
     small_cfg = dataclasses.replace(TINY_MODEL, d_ffn=K)
-    dense_small = Decoder(small_cfg).apply({"params": pruned}, tokens)
+    dense_small = jit(Decoder(small_cfg))({"params": pruned}, tokens)
     np.testing.assert_allclose(masked, dense_small, atol=1e-5, rtol=1e-5)
 
 
@@ -75,28 +82,28 @@ def test_predictor_scores_ignore_padding():
     pred = Predictor(TINY_PREDICTOR, TINY_MODEL.n_layers, TINY_MODEL.d_ffn)
     prompt = _tokens(6, (2, 9))
     short = jnp.pad(prompt, ((0, 0), (0, 3)))
-    p = nn.meta.unbox(pred.init(jax.random.key(0), short)["params"])
-    s_short = pred.apply({"params": p}, short)
-    s_right = pred.apply({"params": p}, jnp.pad(prompt, ((0, 0), (0, 30))))
-    s_left = pred.apply({"params": p}, jnp.pad(prompt, ((0, 0), (7, 3))))
+    p = nn.meta.unbox(jit(pred, "init")(jax.random.key(0), short)["params"])
+    s_short = jit(pred)({"params": p}, short)
+    s_right = jit(pred)({"params": p}, jnp.pad(prompt, ((0, 0), (0, 30))))
+    s_left = jit(pred)({"params": p}, jnp.pad(prompt, ((0, 0), (7, 3))))
     np.testing.assert_allclose(s_right, s_short, atol=1e-5)
     np.testing.assert_allclose(s_left, s_short, atol=1e-5)
     # Rows padded to different lengths in one batch still read their own last real token.
     ragged = jnp.stack([jnp.pad(prompt[0], (0, 7)), jnp.pad(prompt[1, :5], (0, 11))])
-    s_ragged = pred.apply({"params": p}, ragged)
+    s_ragged = jit(pred)({"params": p}, ragged)
     np.testing.assert_allclose(s_ragged[0], s_short[0], atol=1e-5)
-    s_five = pred.apply({"params": p}, prompt[1:, :5])
+    s_five = jit(pred)({"params": p}, prompt[1:, :5])
     np.testing.assert_allclose(s_ragged[1], s_five[0], atol=1e-5)
     # ... and the scores do depend on the prompt.
-    other = pred.apply({"params": p}, short.at[:, 2].set(7))
+    other = jit(pred)({"params": p}, short.at[:, 2].set(7))
     assert np.abs(np.asarray(other - s_short)).max() > 1e-4
 
 
 def test_decoder_is_causal(params):
     batch = _batch()
-    out = _model().apply({"params": params}, batch, mode="soft", temperature=0.5)
+    out = jit(_model())({"params": params}, batch, mode="soft", temperature=0.5)
     changed = dict(batch, decoder_input_tokens=batch["decoder_input_tokens"].at[:, 7].set(3))
-    out2 = _model().apply({"params": params}, changed, mode="soft", temperature=0.5)
+    out2 = jit(_model())({"params": params}, changed, mode="soft", temperature=0.5)
     np.testing.assert_allclose(out2.logits[:, :7], out.logits[:, :7], atol=1e-6)
     assert np.abs(np.asarray(out2.logits[:, 7:] - out.logits[:, 7:])).max() > 1e-4
 
@@ -104,35 +111,35 @@ def test_decoder_is_causal(params):
 def test_modes(params):
     batch = _batch()
     m = _model()
-    dense = m.apply({"params": params}, batch, mode="dense")
+    dense = jit(m)({"params": params}, batch, mode="dense")
     assert dense.mask is None
     ones = jnp.ones((B, TINY_MODEL.n_layers, TINY_MODEL.d_ffn))
-    given = m.apply({"params": params}, batch, mode="given", given_mask=ones)
+    given = jit(m)({"params": params}, batch, mode="given", given_mask=ones)
     np.testing.assert_allclose(given.logits, dense.logits, atol=1e-6)
 
-    soft = m.apply({"params": params}, batch, mode="soft", temperature=0.5, train=True)
+    soft = jit(m)({"params": params}, batch, mode="soft", temperature=0.5, train=True)
     np.testing.assert_array_equal((soft.mask > 0).sum(-1), K)
     np.testing.assert_allclose(soft.lam.sum(-1), K, atol=1e-4)
     np.testing.assert_allclose(soft.mask, soft.lam * (soft.mask > 0))
     assert np.abs(np.asarray(soft.logits - dense.logits)).max() > 1e-4
 
-    hard_eval = _model(eval_mask="hard").apply({"params": params}, batch, mode="soft",
+    hard_eval = jit(_model(eval_mask="hard"))({"params": params}, batch, mode="soft",
                                                temperature=0.5, train=False)
     np.testing.assert_array_equal(hard_eval.mask, (soft.mask > 0).astype(jnp.float32))
-    hard = m.apply({"params": params}, batch, mode="hard")
+    hard = jit(m)({"params": params}, batch, mode="hard")
     np.testing.assert_array_equal(hard.mask, hard_eval.mask)  # same top-k as the scores'
 
-    static = m.apply({"params": params}, batch, mode="static", temperature=0.5, train=True)
+    static = jit(m)({"params": params}, batch, mode="static", temperature=0.5, train=True)
     np.testing.assert_array_equal(static.mask[0], static.mask[1])  # input-independent
     with pytest.raises(ValueError, match="given_mask"):
-        m.apply({"params": params}, batch, mode="given")
+        jit(m)({"params": params}, batch, mode="given")
 
 
 def test_gradients_reach_the_predictor_only_through_soft_masks(params):
     batch = _batch()
 
     def loss(p, mode):
-        return _model().apply({"params": p}, batch, mode=mode, temperature=0.5,
+        return jit(_model())({"params": p}, batch, mode=mode, temperature=0.5,
                               train=True).logits.sum()
 
     norm = lambda g: float(optax_global_norm(g))
@@ -154,7 +161,7 @@ def test_remat_policies_change_memory_not_results(params, policy):
     cfg = dataclasses.replace(TINY_MODEL, remat_policy=policy)
 
     def loss(p, model):
-        return model.apply({"params": p}, batch, mode="soft", temperature=0.5,
+        return jit(model)({"params": p}, batch, mode="soft", temperature=0.5,
                            train=True).logits.std()
 
     g0 = jax.grad(loss)(params, _model())
@@ -171,6 +178,6 @@ def test_unscanned_layers_match_scanned(params):
         unstacked[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], dec["layers"])
     tokens = _tokens(8, (2, T))
     mask = jax.random.uniform(jax.random.key(9), (2, TINY_MODEL.n_layers, TINY_MODEL.d_ffn))
-    np.testing.assert_allclose(Decoder(cfg).apply({"params": unstacked}, tokens, mask),
-                               Decoder(TINY_MODEL).apply({"params": dec}, tokens, mask),
+    np.testing.assert_allclose(jit(Decoder(cfg))({"params": unstacked}, tokens, mask),
+                               jit(Decoder(TINY_MODEL))({"params": dec}, tokens, mask),
                                atol=1e-5, rtol=1e-5)

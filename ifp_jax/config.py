@@ -29,6 +29,9 @@ class ModelConfig:
     """A Llama-family decoder. Used for the LLM and (as `PredictorConfig.backbone`) the predictor."""
 
     vocab_size: int = 259  # seqio.ByteVocabulary: 3 specials (pad=0, eos=1, unk=2) + 256 bytes
+    # Embedding / LM-head rows are padded to a multiple of this so the vocab axis shards evenly
+    # over 'tensor'; logits are sliced back to vocab_size (padding rows never reach the loss).
+    vocab_pad_multiple: int = 128
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
@@ -43,6 +46,11 @@ class ModelConfig:
     # 'dots' saves matmul outputs only (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     remat_policy: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(self.vocab_pad_multiple, 1)
+        return -(-self.vocab_size // m) * m
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,3 +86,20 @@ def check_rules_cover(logical_specs) -> None:
     missing = names - KNOWN_LOGICAL_NAMES
     if missing:
         raise ValueError(f"logical axis names {sorted(missing)} have no rule in LOGICAL_RULES")
+
+
+def check_divisible(abstract_tree, shardings) -> None:
+    """Raises ConfigError naming the first array whose dims do not split evenly over the mesh."""
+    flat = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+    for (path, leaf), sharding in zip(flat, jax.tree_util.tree_leaves(shardings)):
+        mesh = sharding.mesh
+        for dim, axes in zip(leaf.shape, sharding.spec):
+            if axes is None:
+                continue
+            ways = int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))]))
+            if dim % ways:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                raise ConfigError(
+                    f"parameter {name} {tuple(leaf.shape)}: a dim of {dim} cannot be split "
+                    f"{ways} ways over mesh axes {axes}; change the model size or the mesh "
+                    f"(e.g. mesh.tensor / mesh.fsdp)")

@@ -7,7 +7,7 @@ from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, Mesh
 TINY_MODEL = ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                          head_dim=8, d_ffn=64, max_len=64)
 TINY_PREDICTOR = PredictorConfig(
-    backbone=ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,
+    backbone=ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2,
                          head_dim=16, d_ffn=64, max_len=64),
     head_hidden=16, max_prompt_len=48)
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ifp_jax.config import ModelConfig
-from ifp_jax.model.layers import DecoderBlock, RMSNorm, attention_bias, rope_cos_sin
+from ifp_jax.model.layers import DecoderBlock, Projection, RMSNorm, attention_bias, rope_cos_sin
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
@@ -40,7 +40,7 @@ class Decoder(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
-        embed = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
+        embed = nn.Embed(c.padded_vocab_size, c.d_model, dtype=self.dtype, param_dtype=jnp.float32,
                          embedding_init=nn.with_logical_partitioning(
                              nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
                          name="embed_tokens")
@@ -69,10 +69,7 @@ class Decoder(nn.Module):
         if c.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.DenseGeneral(c.vocab_size, use_bias=False, dtype=self.dtype,
-                                     param_dtype=jnp.float32,
-                                     kernel_init=nn.with_logical_partitioning(
-                                         nn.initializers.normal(stddev=0.02), ("embed", "vocab")),
-                                     name="lm_head")(x)
+            logits = Projection((c.padded_vocab_size,), ("embed", "vocab"), dtype=self.dtype,
+                                name="lm_head")(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
-        return logits.astype(jnp.float32)
+        return logits[..., :c.vocab_size].astype(jnp.float32)

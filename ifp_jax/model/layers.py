@@ -24,6 +24,27 @@ def _kernel(names: tuple[str, ...]):
     return nn.with_logical_partitioning(_INIT, names)
 
 
+class Projection(nn.Module):
+    """Bias-free linear map contracting the last `n_in` axes of x into `features`.
+
+    Like nn.DenseGeneral, but the kernel is initialised in its final (unflattened) shape, so its
+    logical partitioning applies to the real array (DenseGeneral boxes the flattened 2-D kernel).
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str, ...]  # logical names of the kernel [*in_axes, *features]
+    n_in: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = tuple(x.shape[-self.n_in:]) + tuple(self.features)
+        kernel = self.param("kernel", _kernel(self.names), shape, jnp.float32)
+        contract = (tuple(range(x.ndim - self.n_in, x.ndim)), tuple(range(self.n_in)))
+        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   (contract, ((), ())))
+
+
 class RMSNorm(nn.Module):
     """x / rms(x) * scale, computed in f32; returns the compute dtype."""
 
@@ -73,9 +94,7 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  bias: jax.Array) -> jax.Array:  # x [B, T, D] -> [B, T, D]
         c = self.cfg
-        dense = lambda feats, names, name: nn.DenseGeneral(
-            feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_kernel(names), name=name)
+        dense = lambda feats, names, name: Projection(feats, names, dtype=self.dtype, name=name)
         q = dense((c.n_heads, c.head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
         k = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "k_proj")(x)
         v = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "v_proj")(x)
@@ -89,10 +108,8 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, c.n_heads, c.head_dim)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-        return nn.DenseGeneral(c.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                               param_dtype=jnp.float32,
-                               kernel_init=_kernel(("heads", "head_dim", "embed")),
-                               name="o_proj")(out)
+        return Projection((c.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=self.dtype,
+                          name="o_proj")(out)
 
 
 class MaskedMLP(nn.Module):
@@ -110,9 +127,7 @@ class MaskedMLP(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         """x [B, T, D], mask [B, F] or None (dense) -> [B, T, D]."""
         d = x.shape[-1]
-        dense = lambda feats, names, name: nn.DenseGeneral(
-            feats, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-            kernel_init=_kernel(names), name=name)
+        dense = lambda feats, names, name: Projection((feats,), names, dtype=self.dtype, name=name)
         gate = dense(self.d_ffn, ("embed", "mlp"), "gate_proj")(x)
         up = dense(self.d_ffn, ("embed", "mlp"), "up_proj")(x)
         h = nn.silu(gate) * up

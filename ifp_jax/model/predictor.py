@@ -20,6 +20,23 @@ from ifp_jax.model.decoder import Decoder
 _ACTIVATIONS = {"gelu": nn.gelu, "relu": nn.relu, "silu": nn.silu, "tanh": jnp.tanh}
 
 
+class HeadOut(nn.Module):
+    """h [B, H] -> scores [B, L, F] with kernel [H, L, F] and bias [L, F]."""
+
+    n_layers: int
+    d_ffn: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        hidden = h.shape[-1]
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=hidden ** -0.5), ("predictor_hidden", "layers", "mlp")),
+            (hidden, self.n_layers, self.d_ffn), jnp.float32)
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros, ("layers", "mlp")), (self.n_layers, self.d_ffn), jnp.float32)
+        return jnp.einsum("bh,hlf->blf", h, kernel) + bias
+
+
 class Predictor(nn.Module):
     """prompt_tokens [B, P] (0 = padding) -> scores [B, n_layers_out, d_ffn_out] f32."""
 
@@ -44,10 +61,6 @@ class Predictor(nn.Module):
                                                             ("predictor_hidden",)),
                      name="head_in")(h.astype(jnp.float32))
         h = _ACTIVATIONS[self.cfg.head_activation](h)
-        scores = nn.DenseGeneral(
-            (self.n_layers_out, self.d_ffn_out), dtype=jnp.float32, param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                     ("predictor_hidden", "layers", "mlp")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("layers", "mlp")),
-            name="head_out")(h)
+        head_out = HeadOut(self.n_layers_out, self.d_ffn_out, name="head_out")
+        scores = head_out(h)
         return nn.with_logical_constraint(scores, ("batch", "layers", "mlp"))

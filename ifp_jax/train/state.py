@@ -105,6 +105,7 @@ def state_layout(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     specs = TrainState(step=PartitionSpec(), params=param_specs,
                        opt_state=_opt_state_specs(abstract_opt, param_specs, abstract_params))
     shardings = shd.logical_sharding(mesh, specs)
+    shd.check_divisible(abstract_params, shardings.params)
     abstract = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,

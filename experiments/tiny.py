@@ -28,7 +28,7 @@ def _base(name: str, mode: str, mixture: str, steps: int, lr: float) -> Experime
         pruning=PruningConfig(mode=mode, keep_k=MODEL.d_ffn // 4, temperature_start=1.0,
                               temperature_end=0.1, temperature_anneal_steps=steps,
                               balance_weight=1.0, eval_mask="lambda"),
-        data=DataConfig(mixture=mixture, seq_len=64, global_batch_size=64),
+        data=DataConfig(mixture=mixture, seq_len=40, global_batch_size=64, cpt_chunk_len=20),
         optimizer=OptimizerConfig(lr_llm=lr, lr_predictor=lr, warmup_steps=min(100, steps // 10)),
         checkpoint=CheckpointConfig(every_steps=200, keep=2),
         train=TrainConfig(steps=steps, log_every=50),

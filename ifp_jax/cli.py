@@ -81,8 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_tensorflow() -> None:
+    """seqio imports TensorFlow only for tf.data; keep its CUDA probing and C++ logs off the
+    terminal and keep it off any GPU (JAX owns the accelerators)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after --workdir; argparse binds the positional list before
+    # the option, so the trailing `key=value` words arrive as extras.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    _quiet_tensorflow()
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError
     try:

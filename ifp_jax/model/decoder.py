@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ifp_jax.config import ModelConfig
-from ifp_jax.model.layers import DecoderBlock, Projection, RMSNorm, attention_bias, rope_cos_sin
+from ifp_jax.model.layers import DecoderBlock, Projection, RMSNorm, attention_mask, rope_cos_sin
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
@@ -47,7 +47,7 @@ class Decoder(nn.Module):
         x = embed(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
-        bias = attention_bias(segment_ids)
+        attn_mask = attention_mask(segment_ids)
         if mask is not None:
             mask = nn.with_logical_constraint(mask, ("batch", "layers", "mlp"))
         block = _block_class(c)
@@ -58,11 +58,11 @@ class Decoder(nn.Module):
                                       nn.broadcast, nn.broadcast),
                              length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             layer_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [L, B, F]
-            x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, bias)
+            x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, attn_mask)
         else:
             for i in range(c.n_layers):
                 row = None if mask is None else mask[:, i]
-                x, _ = block(c, self.dtype, name=f"layers_{i}")(x, row, cos, sin, bias)
+                x, _ = block(c, self.dtype, name=f"layers_{i}")(x, row, cos, sin, attn_mask)
         x = RMSNorm(c.norm_eps, self.dtype, name="norm")(x)
         if return_hidden:
             return x

@@ -129,8 +129,12 @@ def run_eval(model, params, cfg: ExperimentConfig, mesh, workdir: str, step: int
     return result
 
 
-def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
-    """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one."""
+def train(cfg: ExperimentConfig, workdir: str, final_eval: bool = True) -> TrainState:
+    """Trains `cfg` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    `final_eval=False` skips the held-out evaluation after the last step (the demo evaluates
+    every stage side by side itself).
+    """
     ckpt_lib.prepare_workdir(workdir, cfg)
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     batches = pipeline.make_train_batches(cfg.data, cfg.predictor.max_prompt_len,
@@ -207,7 +211,7 @@ def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
         finally:
             ckpt.close()
             preempt.restore()
-        if not preempt.requested:
+        if final_eval and not preempt.requested:
             run_eval(model, state.params, cfg, mesh, workdir, step, writer)
     writer.close()
     return state

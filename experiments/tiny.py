@@ -37,20 +37,20 @@ def _base(name: str, mode: str, mixture: str, steps: int, lr: float) -> Experime
 
 @register("tiny_multiskill_dense")
 def tiny_multiskill_dense() -> ExperimentConfig:
-    return _base("tiny_multiskill_dense", "dense", "ifp_multiskill_cpt", steps=900, lr=3e-3)
+    return _base("tiny_multiskill_dense", "dense", "ifp_multiskill_cpt", steps=700, lr=3e-3)
 
 
 @register("tiny_multiskill_cpt")
 def tiny_multiskill_cpt() -> ExperimentConfig:
-    return _base("tiny_multiskill_cpt", "soft", "ifp_cpt", steps=100, lr=1e-3)
+    return _base("tiny_multiskill_cpt", "soft", "ifp_cpt", steps=80, lr=1e-3)
 
 
 @register("tiny_multiskill")
 def tiny_multiskill() -> ExperimentConfig:
-    return _base("tiny_multiskill", "soft", "ifp_multiskill", steps=500, lr=2e-3)
+    return _base("tiny_multiskill", "soft", "ifp_multiskill", steps=400, lr=2e-3)
 
 
 @register("tiny_multiskill_static")
 def tiny_multiskill_static() -> ExperimentConfig:
-    cfg = _base("tiny_multiskill_static", "static", "ifp_multiskill", steps=500, lr=2e-3)
+    cfg = _base("tiny_multiskill_static", "static", "ifp_multiskill", steps=400, lr=2e-3)
     return replace(cfg, pruning=replace(cfg.pruning, balance_weight=0.0))

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig, replace
+from ifp_jax.config import ExperimentConfig, replace
 from ifp_jax.data import tasks
 from ifp_jax.eval.evaluate import EvalResult, evaluate
 from ifp_jax.train import checkpoint as ckpt_lib
-from ifp_jax.train.optim import make_optimizer
-from ifp_jax.train.state import build_model, state_layout
-
-
-def restore_params(workdir: str, cfg: ExperimentConfig, mesh):
-    model = build_model(cfg)
-    layout = state_layout(model, cfg, make_optimizer(cfg.optimizer, cfg.train.steps), mesh)
-    ck = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
-    try:
-        restored = ck.restore_latest(layout.abstract)
-    finally:
-        ck.close()
-    if restored is None:
-        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: run `ifp train` there first")
-    return restored[0], restored[1].params
+from ifp_jax.train.state import build_model, restore_latest_params
 
 
 def evaluate_workdir(workdir: str, mode: str | None = None, eval_mask: str | None = None,
@@ -37,7 +22,7 @@ def evaluate_workdir(workdir: str, mode: str | None = None, eval_mask: str | Non
     mode = mode or cfg.pruning.mode
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     mesh = shd.make_mesh(cfg.mesh)
-    step, params = restore_params(workdir, cfg, mesh)
+    step, params = restore_latest_params(workdir, cfg, mesh)
     result = evaluate(build_model(cfg), params, cfg, mesh, mode=mode)
     if verbose and jax.process_index() == 0:
         print(f"{workdir} @ step {step}, mode={mode}, eval_mask={cfg.pruning.eval_mask}")

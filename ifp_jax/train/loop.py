@@ -21,7 +21,8 @@ from ifp_jax.eval.mask_stats import finalize
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train.metrics import MetricsWriter, print_primary
 from ifp_jax.train.optim import make_optimizer
-from ifp_jax.train.state import TrainState, build_model, create_state, state_layout
+from ifp_jax.train.state import (TrainState, build_model, create_state,
+                                 restore_latest_params, state_layout)
 from ifp_jax.train.step import STEP_KEYS, make_train_step
 
 EVAL_FILE = "eval_results.json"
@@ -34,17 +35,7 @@ class NonFiniteLossError(RuntimeError):
 def load_params_from_workdir(workdir: str, mesh) -> Any:
     """Params of the latest checkpoint of another run (stage chaining), on `mesh`."""
     src_cfg = ckpt_lib.load_workdir_config(workdir)
-    src_model = build_model(src_cfg)
-    layout = state_layout(src_model, src_cfg, make_optimizer(src_cfg.optimizer, src_cfg.train.steps),
-                          mesh)
-    ck = ckpt_lib.Checkpointer(workdir, src_cfg.checkpoint)
-    try:
-        restored = ck.restore_latest(layout.abstract)
-    finally:
-        ck.close()
-    if restored is None:
-        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: train that stage first")
-    return restored[1].params
+    return restore_latest_params(workdir, src_cfg, mesh, hint="train that stage first")[1]
 
 
 def _graft(params: dict, source: dict, key: str, origin: str) -> dict:

@@ -19,8 +19,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ifp_jax import sharding as shd
-from ifp_jax.config import ExperimentConfig
+from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.model.ifp import IFPModel
+from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.train.optim import make_optimizer
 
 
 @flax.struct.dataclass
@@ -135,3 +137,18 @@ def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def restore_latest_params(workdir: str, cfg: ExperimentConfig, mesh: Mesh,
+                          hint: str = "run `ifp train` there first") -> tuple[int, Any]:
+    """(step, params) of `workdir`'s latest checkpoint, restored onto `mesh`'s shardings."""
+    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
+                          mesh)
+    ck = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
+    try:
+        restored = ck.restore_latest(layout.abstract)
+    finally:
+        ck.close()
+    if restored is None:
+        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: {hint}")
+    return restored[0], restored[1].params

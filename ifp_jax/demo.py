@@ -56,7 +56,7 @@ def _plot(results: dict, path: str) -> None:
     ax.set_ylabel("held-out exact match")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"ifp demo: IFP/dense = {results['ifp_over_dense']:.2f}")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

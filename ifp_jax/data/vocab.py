@@ -25,3 +25,11 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
                         f"model file; set data.vocabulary / data.predictor_vocabulary to 'byte' "
                         f"or a .model path")
     return seqio.SentencePieceVocabulary(path)
+
+
+def check_vocab_fits(spec: str, model_vocab_size: int, key: str, model_key: str) -> None:
+    """An id >= the embedding's vocab_size would be clamped silently by the lookup: refuse it."""
+    n = get_vocabulary(spec).vocab_size
+    if n > model_vocab_size:
+        raise DataError(f"{key}='{spec}' has {n} ids but {model_key}={model_vocab_size}; "
+                        f"set {model_key}={n}")

@@ -16,6 +16,7 @@ import numpy as np
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.data import pipeline, tasks
+from ifp_jax.data import vocab as vocab_lib
 from ifp_jax.eval import evaluate as eval_lib
 from ifp_jax.eval.mask_stats import finalize
 from ifp_jax.train import checkpoint as ckpt_lib
@@ -126,6 +127,10 @@ def train(cfg: ExperimentConfig, workdir: str, final_eval: bool = True) -> Train
     `final_eval=False` skips the held-out evaluation after the last step (the demo evaluates
     every stage side by side itself).
     """
+    vocab_lib.check_vocab_fits(cfg.data.vocabulary, cfg.model.vocab_size, "data.vocabulary",
+                               "model.vocab_size")
+    vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,
+                               "data.predictor_vocabulary", "predictor.backbone.vocab_size")
     ckpt_lib.prepare_workdir(workdir, cfg)
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     batches = pipeline.make_train_batches(cfg.data, cfg.predictor.max_prompt_len,

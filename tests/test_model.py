@@ -135,6 +135,10 @@ def test_modes(params):
         jit(m)({"params": params}, batch, mode="given")
 
 
+def norm(tree) -> float:
+    return float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree))))
+
+
 def test_gradients_reach_the_predictor_only_through_soft_masks(params):
     batch = _batch()
 
@@ -142,17 +146,12 @@ def test_gradients_reach_the_predictor_only_through_soft_masks(params):
         return jit(_model())({"params": p}, batch, mode=mode, temperature=0.5,
                               train=True).logits.sum()
 
-    norm = lambda g: float(optax_global_norm(g))
     soft = jax.grad(loss)(params, "soft")
     hard = jax.grad(loss)(params, "hard")
     static = jax.grad(loss)(params, "static")
     assert norm(soft["predictor"]) > 0 and norm(soft["decoder"]) > 0
     assert norm(hard["predictor"]) == 0
     assert norm(static["static_scores"]) > 0 and norm(static["predictor"]) == 0
-
-
-def optax_global_norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])

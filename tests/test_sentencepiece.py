@@ -3,12 +3,11 @@
 import os
 import sysconfig
 
-import numpy as np
 import pytest
 import sentencepiece as spm
 
 from ifp_jax.cli import main as ifp_main
-from ifp_jax.config import DataConfig, replace
+from ifp_jax.config import replace
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.data.vocab import get_vocabulary
 from ifp_jax.train.loop import train

@@ -6,7 +6,7 @@ loss = weighted next-token cross-entropy (normalised by the global number of los
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -33,6 +33,8 @@ def _load_all() -> None:
     global _loaded
     if not _loaded:
         for mod in pkgutil.iter_modules(__path__):
+            if mod.ispkg:  # sub-packages (drivers/) hold programs, not registrations
+                continue
             importlib.import_module(f"{__name__}.{mod.name}")
         _loaded = True
 

@@ -1,6 +1,9 @@
 """The `ifp` command.
 
     ifp train EXPERIMENT --workdir DIR [section.key=value ...]   train (reruns resume)
+        [--coordinator HOST:PORT --num-processes N --process-id I]   (multi-process; auto on
+        [--profile-steps A:B]                                         TPU VMs and SLURM)
+    ifp compile EXPERIMENT --topology NAME [overrides]            AOT-compile for a TPU topology
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
     ifp eval --workdir DIR [--mode MODE] [--eval-mask hard|lambda] held-out exact match
     ifp demo --workdir DIR                                        the embedded CPU pipeline
@@ -24,9 +27,17 @@ def _resolve(experiment: str, overrides: list[str]):
 
 
 def _cmd_train(args) -> None:
-    cfg = _resolve(args.experiment, args.overrides)
+    from ifp_jax import distributed
+    cfg = _resolve(args.experiment, args.overrides)  # a typo fails before joining a job
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           init_timeout=args.init_timeout)
+    from ifp_jax.eval.hook import EvaluateHeldOut
+    from ifp_jax.train.hooks import parse_profile_steps
     from ifp_jax.train.loop import train
-    train(cfg, args.workdir)
+    hooks = [EvaluateHeldOut(every=cfg.train.eval_every)]
+    if args.profile_steps:
+        hooks.append(parse_profile_steps(args.profile_steps))
+    train(cfg, args.workdir, hooks)
 
 
 def _cmd_config(args) -> None:
@@ -40,7 +51,7 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from ifp_jax.demo import run_demo
+    from experiments.drivers.demo import run_demo
     run_demo(args.workdir, args.overrides)
 
 
@@ -57,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("experiment")
     t.add_argument("--workdir", required=True)
     t.add_argument("overrides", nargs="*", metavar="section.key=value")
+    t.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address (env IFP_COORDINATOR); not needed on TPU VMs/SLURM")
+    t.add_argument("--num-processes", type=int, default=None, help="env IFP_NUM_PROCESSES")
+    t.add_argument("--process-id", type=int, default=None, help="env IFP_PROCESS_ID")
+    t.add_argument("--init-timeout", type=int, default=120, metavar="SECONDS",
+                   help="give up joining the job after this long (default 120)")
+    t.add_argument("--profile-steps", default=None, metavar="A:B",
+                   help="write a jax.profiler trace of steps A..B-1 to WORKDIR/profile")
     t.set_defaults(fn=_cmd_train)
 
     c = sub.add_parser("config", help="print the resolved config as JSON")

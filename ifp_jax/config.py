@@ -144,6 +144,9 @@ class TrainConfig:
     init_llm_from: str = ""
     init_predictor_from: str = ""
     nan_policy: Literal["skip", "stop"] = "stop"
+    # Cross-entropy over sequence chunks of this many positions (0 = whole-sequence logits);
+    # with a large vocabulary it keeps [B, chunk, V] live instead of [B, T, V] (train/loss.py).
+    logits_chunk_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +184,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.cpt_num_chunks must be >= 2 (chunk k predicts the mask for k+1)")
     if cfg.optimizer.grad_accum_steps < 1:
         raise ConfigError("optimizer.grad_accum_steps must be >= 1")
+    chunk = cfg.train.logits_chunk_len
+    if chunk < 0 or (chunk and cfg.data.seq_len % chunk):
+        raise ConfigError(f"train.logits_chunk_len={chunk} must divide data.seq_len="
+                          f"{cfg.data.seq_len} (or be 0 for whole-sequence logits)")
     if cfg.data.global_batch_size % cfg.optimizer.grad_accum_steps:
         raise ConfigError("data.global_batch_size must be divisible by optimizer.grad_accum_steps")
 

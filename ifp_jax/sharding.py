@@ -103,3 +103,20 @@ def check_divisible(abstract_tree, shardings) -> None:
                     f"parameter {name} {tuple(leaf.shape)}: a dim of {dim} cannot be split "
                     f"{ways} ways over mesh axes {axes}; change the model size or the mesh "
                     f"(e.g. mesh.tensor / mesh.fsdp)")
+
+
+def process_batch_rows(sharding: NamedSharding, global_batch: int) -> tuple[int, int]:
+    """[start, stop) rows of a global batch that this process's devices hold under `sharding`.
+
+    Each process feeds only these rows (`jax.make_array_from_process_local_data`). They must be
+    one contiguous block, which holds for meshes built by `make_mesh` (devices in process order).
+    """
+    idx = sharding.addressable_devices_indices_map((global_batch,))
+    spans = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
+                    for s in idx.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    covered = sum(b - a for a, b in spans)
+    if covered != stop - start:
+        raise ConfigError(f"this process's devices hold non-contiguous batch rows {spans}; "
+                          f"order the mesh so each process's devices are adjacent on 'data'")
+    return start, stop

@@ -46,7 +46,7 @@ def test_sentencepiece_vocabulary_trains_and_round_trips(sp_model, tmp_path):
     assert batch["decoder_target_tokens"].max() < SP_VOCAB
     # The predictor keeps its own byte vocabulary: the same prompt, tokenized differently.
     assert batch["predictor_tokens"].max() > 0
-    state = train(cfg, str(tmp_path / "run"), final_eval=False)
+    state = train(cfg, str(tmp_path / "run"))
     assert int(state.step) == 4
     assert state.params["decoder"]["embed_tokens"]["embedding"].shape[0] >= SP_VOCAB
 

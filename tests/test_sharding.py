@@ -32,7 +32,7 @@ def _one_step(cfg, batch_np):
     # The FFN kernels really are split over the tensor axis on the sharded mesh.
     mlp_shardings = [x.sharding for x in jax.tree_util.tree_leaves(new_state.params["decoder"])]
     return (init_params, np.asarray(logits), jax.device_get(new_state.params),
-            float(metrics["loss"]), mlp_shardings)
+            float(metrics["loss"].compute()), mlp_shardings)
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")

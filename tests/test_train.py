@@ -10,6 +10,7 @@ import pytest
 from ifp_jax.config import ConfigError, replace
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.eval.hook import EvaluateHeldOut
 from ifp_jax.train.loop import train
 from ifp_jax.train.optim import make_optimizer
 from ifp_jax.train.state import build_model, state_layout
@@ -33,7 +34,7 @@ def uninterrupted(tmp_path_factory):
     """One 20-step IFP run shared by the tests below (compiled once)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     cfg = tiny_config(steps=20)
-    state = train(cfg, workdir)
+    state = train(cfg, workdir, [EvaluateHeldOut()])
     return cfg, workdir, jax.device_get(state)
 
 

@@ -96,24 +96,28 @@ def _contract_arrays(task_name: str, split: str, predictor_max_len: int, seq_len
 class TrainBatches:
     """Iterator of this host's share of each global batch; resumable via get/set_state.
 
-    Host h of H takes rows [h*B/H, (h+1)*B/H) of global batch s; concatenating the hosts in
-    process order gives the single-process global batch.
+    Host h of H takes rows [h*B/H, (h+1)*B/H) of global batch s (or the explicit `rows`
+    [start, stop) its devices hold: `sharding.process_batch_rows`); concatenating the hosts'
+    rows gives the single-process global batch.
     """
 
     def __init__(self, data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, rows: tuple[int, int] | None = None):
         if data_cfg.global_batch_size % process_count:
             raise DataError(f"data.global_batch_size={data_cfg.global_batch_size} must be "
                             f"divisible by the number of processes ({process_count})")
         if not 0 <= process_index < process_count:
             raise DataError(f"process_index={process_index} out of range 0..{process_count - 1}")
+        if rows is None:
+            size = data_cfg.global_batch_size // process_count
+            rows = (process_index * size, (process_index + 1) * size)
         tasks.register_all(data_cfg, predictor_max_len)
         rates = tasks.mixture_rates(data_cfg)
         self.task_names: list[str] = list(rates)
         self.rates = rates
-        self.host_batch_size = data_cfg.global_batch_size // process_count
+        self.host_batch_size = rows[1] - rows[0]
         self._global_batch_size = data_cfg.global_batch_size
-        self._offset = process_index * self.host_batch_size
+        self._offset = rows[0]
         self._step = 0
         self._arrays, parts, weights = [], [], []
         for task_id, name in enumerate(self.task_names):
@@ -159,8 +163,9 @@ class TrainBatches:
 
 
 def make_train_batches(data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
-                       process_count: int = 1) -> TrainBatches:
-    return TrainBatches(data_cfg, predictor_max_len, process_index, process_count)
+                       process_count: int = 1, rows: tuple[int, int] | None = None
+                       ) -> TrainBatches:
+    return TrainBatches(data_cfg, predictor_max_len, process_index, process_count, rows)
 
 
 def eval_task_names(data_cfg: DataConfig) -> list[str]:

@@ -17,10 +17,11 @@ import numpy as np
 import seqio
 from jax.sharding import Mesh
 
+from ifp_jax import metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline, vocab as vocab_lib
-from ifp_jax.eval.mask_stats import finalize, mask_statistics
+from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.infer.generate import greedy_decode, prompt_only_inputs
 from ifp_jax.model.ifp import IFPModel
 
@@ -127,7 +128,6 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
     stats = {}
     if mode != "dense":
         all_masks = jnp.concatenate([jax.device_get(m) for m in masks])[:total]
-        sums = mask_statistics(all_masks, None, jnp.asarray(task_of), len(task_names),
-                               cfg.pruning.keep_k)
-        stats = finalize({k: float(v) for k, v in sums.items()})
+        stats = metric.compute(mask_statistics(all_masks, None, jnp.asarray(task_of),
+                                               len(task_names), cfg.pruning.keep_k))
     return EvalResult(per_task=per_task, mask_stats=stats, samples=samples)

@@ -1,7 +1,6 @@
-"""`ifp eval`: restore a workdir's latest checkpoint and report held-out exact match."""
+"""`ifp eval`: restore a workdir's latest params (params only) and report held-out exact match."""
 
 from __future__ import annotations
-
 
 import jax
 
@@ -10,7 +9,7 @@ from ifp_jax.config import ExperimentConfig, replace
 from ifp_jax.data import tasks
 from ifp_jax.eval.evaluate import EvalResult, evaluate
 from ifp_jax.train import checkpoint as ckpt_lib
-from ifp_jax.train.state import build_model, restore_latest_params
+from ifp_jax.train.state import build_model, params_layout
 
 
 def evaluate_workdir(workdir: str, mode: str | None = None, eval_mask: str | None = None,
@@ -22,8 +21,9 @@ def evaluate_workdir(workdir: str, mode: str | None = None, eval_mask: str | Non
     mode = mode or cfg.pruning.mode
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     mesh = shd.make_mesh(cfg.mesh)
-    step, params = restore_latest_params(workdir, cfg, mesh)
-    result = evaluate(build_model(cfg), params, cfg, mesh, mode=mode)
+    model = build_model(cfg)
+    step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
+    result = evaluate(model, params, cfg, mesh, mode=mode)
     if verbose and jax.process_index() == 0:
         print(f"{workdir} @ step {step}, mode={mode}, eval_mask={cfg.pruning.eval_mask}")
         for name, em in result.per_task.items():

@@ -33,6 +33,7 @@ class IFPOutput(NamedTuple):
     mask: jax.Array | None  # [B, L, F] the mask the decoder used (None in dense mode)
     lam: jax.Array | None  # [B, L, F] SoftTopK lambda (soft / static only)
     scores: jax.Array | None  # [B, L, F] selection scores (soft / hard / static)
+    hidden: jax.Array | None = None  # [B, T, D] final-norm hidden (return_hidden=True; no logits)
 
 
 class IFPModel(nn.Module):
@@ -70,9 +71,12 @@ class IFPModel(nn.Module):
         return mask, lam, scores
 
     def __call__(self, batch: dict, *, mode: str, temperature=1.0, train: bool = False,
-                 given_mask: jax.Array | None = None) -> IFPOutput:
+                 given_mask: jax.Array | None = None, return_hidden: bool = False) -> IFPOutput:
         """batch: predictor_tokens [B, P], decoder_input_tokens [B, T] (+ optional
-        decoder_positions / decoder_segment_ids [B, T] for packing)."""
+        decoder_positions / decoder_segment_ids [B, T] for packing).
+
+        `return_hidden=True` returns the final hidden states instead of logits (the loss then
+        projects them chunk by chunk: train/loss.py)."""
         if self.is_initializing():  # create every sub-tree whatever the mode
             self.predictor(batch["predictor_tokens"])
         if mode == "given":
@@ -82,6 +86,8 @@ class IFPModel(nn.Module):
         else:
             mask, lam, scores = self.select(batch, mode=mode, temperature=temperature,
                                             train=train)
-        logits = self.decoder(batch["decoder_input_tokens"], mask,
-                              batch.get("decoder_positions"), batch.get("decoder_segment_ids"))
-        return IFPOutput(logits=logits, mask=mask, lam=lam, scores=scores)
+        out = self.decoder(batch["decoder_input_tokens"], mask, batch.get("decoder_positions"),
+                           batch.get("decoder_segment_ids"), return_hidden=return_hidden)
+        if return_hidden:
+            return IFPOutput(logits=None, mask=mask, lam=lam, scores=scores, hidden=out)
+        return IFPOutput(logits=out, mask=mask, lam=lam, scores=scores)

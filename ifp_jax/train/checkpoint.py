@@ -5,9 +5,15 @@ Layout of a workdir:
     DIR/checkpoints/<step>/    orbax: `state` (TrainState, sharded arrays) + `data` (JSON)
     DIR/metrics.jsonl, DIR/tb/ metrics
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no step that looks finished; a step that still fails to restore is reported and
-skipped (never deleted), and the next older one is tried.
+Orbax writes each step into a temporary directory and renames it when complete (on object
+stores it writes a commit marker last), so a run killed mid-save leaves no step that looks
+finished; a step that still fails to restore is reported and skipped (never deleted), and the
+next older one is tried.
+
+Checkpoints are topology-free: arrays are restored into the abstract state of the *restoring*
+run (shapes + target shardings), so N processes on one mesh can save and M processes on another
+mesh restore. `restore_latest_params` reads the params subtree only: stage chaining and eval of
+a 9B source never load its Adam moments.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+import jax
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
@@ -57,6 +65,25 @@ class Checkpointer:
                       file=sys.stderr)
                 continue
             return step, out["state"], dict(out["data"])
+        return None
+
+    def restore_params(self, abstract_params: Any) -> tuple[int, Any] | None:
+        """(step, params) of the newest readable step, reading only the `params` subtree."""
+        item = {"params": abstract_params}
+        restore_args = jax.tree_util.tree_map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
+                                           dtype=a.dtype), item)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                                 partial_restore=True)))
+            except Exception as e:  # noqa: BLE001 - as in restore_latest
+                print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
+                      file=sys.stderr)
+                continue
+            return step, out["state"]["params"]
         return None
 
     def wait(self) -> None:
@@ -134,3 +161,17 @@ def load_workdir_config(workdir: str) -> ExperimentConfig:
     if not os.path.exists(path):
         raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
     return config_lib.load_json(path)
+
+
+def restore_latest_params(workdir: str, abstract_params: Any,
+                          hint: str = "run `ifp train` there first") -> tuple[int, Any]:
+    """(step, params) of `workdir`'s latest readable checkpoint, params subtree only, placed
+    with `abstract_params`' shardings (see `train.state.params_layout`)."""
+    ck = Checkpointer(workdir, CheckpointConfig(async_save=False))
+    try:
+        restored = ck.restore_params(abstract_params)
+    finally:
+        ck.close()
+    if restored is None:
+        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: {hint}")
+    return restored

@@ -1,4 +1,9 @@
-"""Train state, its creation directly into its shardings, and compute-dtype resolution.
+"""Train state: its abstract shapes and shardings (one place), its creation directly into those
+shardings, and compute-dtype resolution.
+
+`state_layout` is the single source of the state's shapes and shardings: the loop compiles the
+step from it before the first batch, checkpoints restore into it (on any mesh), and
+`ifp compile` lowers the same step from it for a TPU topology without allocating anything.
 
 Parameters carry logical axis names (flax `with_logical_partitioning`); the optimizer state
 inherits each parameter's sharding by tree-path suffix, so AdamW moments are sharded like their
@@ -19,10 +24,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.config import ExperimentConfig
 from ifp_jax.model.ifp import IFPModel
-from ifp_jax.train import checkpoint as ckpt_lib
-from ifp_jax.train.optim import make_optimizer
 
 
 @flax.struct.dataclass
@@ -32,16 +35,20 @@ class TrainState:
     opt_state: Any
 
 
-def resolve_compute_dtype(name: str) -> jnp.dtype:
-    """'auto' is bf16 on TPU/GPU and f32 on CPU (bf16 matmuls are slower than f32 on CPU)."""
+def resolve_compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
+    """'auto' is bf16 on TPU/GPU and f32 on CPU (bf16 matmuls are slower than f32 on CPU).
+
+    `platform` defaults to this process's backend; `ifp compile` passes the target's ('tpu').
+    """
     if name == "auto":
-        return jnp.bfloat16 if jax.default_backend() in ("tpu", "gpu") else jnp.float32
+        platform = platform or jax.default_backend()
+        return jnp.bfloat16 if platform in ("tpu", "gpu", "cuda", "rocm") else jnp.float32
     return jnp.dtype(name)
 
 
-def build_model(cfg: ExperimentConfig) -> IFPModel:
+def build_model(cfg: ExperimentConfig, platform: str | None = None) -> IFPModel:
     return IFPModel(model_cfg=cfg.model, predictor_cfg=cfg.predictor, pruning_cfg=cfg.pruning,
-                    dtype=resolve_compute_dtype(cfg.train.compute_dtype))
+                    dtype=resolve_compute_dtype(cfg.train.compute_dtype, platform))
 
 
 def dummy_batch(cfg: ExperimentConfig, batch_size: int = 1) -> dict:
@@ -98,11 +105,27 @@ class StateLayout:
     logical_specs: TrainState  # of logical PartitionSpec
 
 
+def _abstract_params(model: IFPModel, cfg: ExperimentConfig) -> Any:
+    return jax.eval_shape(lambda r: nn.meta.unbox(_init_params_boxed(model, cfg, r)),
+                          jax.random.key(0))
+
+
+def params_layout(model: IFPModel, cfg: ExperimentConfig, mesh: Mesh) -> Any:
+    """Abstract params (ShapeDtypeStruct with .sharding) alone: what a params-only restore
+    (stage chaining, eval, export) reads, without the optimizer state's shapes."""
+    specs = param_logical_specs(model, cfg)
+    shardings = shd.logical_sharding(mesh, specs)
+    abstract = _abstract_params(model, cfg)
+    shd.check_divisible(abstract, shardings)
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
 def state_layout(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
                  mesh: Mesh) -> StateLayout:
+    """The train state's abstract shapes, shardings and logical specs on `mesh`."""
     param_specs = param_logical_specs(model, cfg)
-    abstract_params = jax.eval_shape(
-        lambda r: nn.meta.unbox(_init_params_boxed(model, cfg, r)), jax.random.key(0))
+    abstract_params = _abstract_params(model, cfg)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     specs = TrainState(step=PartitionSpec(), params=param_specs,
                        opt_state=_opt_state_specs(abstract_opt, param_specs, abstract_params))
@@ -137,18 +160,3 @@ def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state)
-
-
-def restore_latest_params(workdir: str, cfg: ExperimentConfig, mesh: Mesh,
-                          hint: str = "run `ifp train` there first") -> tuple[int, Any]:
-    """(step, params) of `workdir`'s latest checkpoint, restored onto `mesh`'s shardings."""
-    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
-                          mesh)
-    ck = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
-    try:
-        restored = ck.restore_latest(layout.abstract)
-    finally:
-        ck.close()
-    if restored is None:
-        raise ConfigError(f"no checkpoint in {workdir}/checkpoints: {hint}")
-    return restored[0], restored[1].params

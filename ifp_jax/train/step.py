@@ -1,7 +1,10 @@
-"""The jitted train step: loss, gradient accumulation, NaN guard, metrics.
+"""The train step: loss, gradient accumulation over micro-batches, NaN guard, typed metrics.
 
 loss = weighted next-token cross-entropy (normalised by the global number of loss tokens)
      + pruning.balance_weight * balance_loss(lambda)      [soft mode only; departure from paper]
+
+The balance loss is a per-micro-batch mean; with A micro-batches each adds 1/A of it, so the
+objective does not depend on how a global batch is split.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ifp_jax import metric
 from ifp_jax.config import ExperimentConfig
-from ifp_jax.eval.mask_stats import mask_statistics
+from ifp_jax.metric import Average, Sum
 from ifp_jax.model.ifp import IFPModel
+from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.model.soft_topk import balance_loss
+from ifp_jax.train.loss import chunked_cross_entropy, lm_head_kernel, token_cross_entropy
 from ifp_jax.train.state import TrainState
 
 # Batch keys the step consumes (everything else stays on the host).
@@ -30,31 +36,38 @@ def temperature_at(step: jax.Array, cfg: ExperimentConfig) -> jax.Array:
     return p.temperature_start * (p.temperature_end / p.temperature_start) ** frac
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """[B, T, V] f32 logits, [B, T] int targets -> [B, T] cross-entropy."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+def _token_losses(params, model: IFPModel, cfg: ExperimentConfig, batch: dict, temperature):
+    """(per-token CE [B, T], model output) with whole or chunked logits."""
+    chunk = cfg.train.logits_chunk_len
+    out = model.apply({"params": params}, batch, mode=cfg.pruning.mode, temperature=temperature,
+                      train=True, return_hidden=chunk > 0)
+    if chunk > 0:
+        kernel = lm_head_kernel(params["decoder"], cfg.model.tie_embeddings)
+        ce = chunked_cross_entropy(out.hidden, kernel, batch["decoder_target_tokens"],
+                                   cfg.model.vocab_size, chunk, model.dtype)
+    else:
+        ce = token_cross_entropy(out.logits, batch["decoder_target_tokens"])
+    return ce, out
 
 
 def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict,
                      temperature: jax.Array, total_weight: jax.Array, num_tasks: int):
-    mode = cfg.pruning.mode
-    out = model.apply({"params": params}, batch, mode=mode, temperature=temperature, train=True)
+    """(loss, {name: Metric}) of one micro-batch; the CE part is normalised globally."""
+    ce, out = _token_losses(params, model, cfg, batch, temperature)
     weights = batch["decoder_loss_weights"]
-    ce = token_cross_entropy(out.logits, batch["decoder_target_tokens"]) * weights  # [B, T]
-    ce_sum = ce.sum()
-    loss = ce_sum / total_weight
+    ce = ce * weights  # [B, T]
+    loss = ce.sum() / total_weight
     metrics = {
-        "ce_sum": ce_sum,
-        "weight_sum": weights.sum(),
-        "task_ce_sum": jax.ops.segment_sum(ce.sum(1), batch["task_id"], num_tasks),
-        "task_weight_sum": jax.ops.segment_sum(weights.sum(1), batch["task_id"], num_tasks),
-        "predictor_truncated": batch["predictor_truncated"].sum(),
-        "decoder_truncated": batch["decoder_truncated"].sum(),
+        "loss": Average(ce.sum(), weights.sum()),
+        "task_loss": Average(jax.ops.segment_sum(ce.sum(1), batch["task_id"], num_tasks),
+                             jax.ops.segment_sum(weights.sum(1), batch["task_id"], num_tasks)),
+        "data/predictor_truncated": Sum(batch["predictor_truncated"].sum().astype(jnp.float32)),
+        "data/decoder_truncated": Sum(batch["decoder_truncated"].sum().astype(jnp.float32)),
     }
-    if mode == "soft" and cfg.pruning.balance_weight > 0:
+    if cfg.pruning.mode == "soft" and cfg.pruning.balance_weight > 0:
         bal = balance_loss(out.lam, cfg.pruning.keep_k)
         loss = loss + cfg.pruning.balance_weight * bal / cfg.optimizer.grad_accum_steps
-        metrics["balance_loss_sum"] = bal
+        metrics["balance_loss"] = Average.of(bal)
     if out.mask is not None:
         metrics.update(mask_statistics(out.mask, out.lam, batch["task_id"], num_tasks,
                                        cfg.pruning.keep_k))
@@ -63,33 +76,35 @@ def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict
 
 def make_train_step(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
                     num_tasks: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Returns step(state, batch) -> (state, metric sums). Not jitted (the caller jits)."""
+    """Returns step(state, batch) -> (state, {name: Metric}). Not jitted (train/compiled.py
+    compiles it with the state's shardings)."""
     accum = cfg.optimizer.grad_accum_steps
+    grad_fn = jax.grad(_microbatch_loss, has_aux=True)
+
+    def gradients(params, batch, temperature, total_weight):
+        if accum == 1:  # no scan, no zero-initialised accumulators
+            return grad_fn(params, model, cfg, batch, temperature, total_weight, num_tasks)
+        micro = jax.tree_util.tree_map(
+            lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+        def body(carry, mb):
+            grads, sums = carry
+            g, m = grad_fn(params, model, cfg, mb, temperature, total_weight, num_tasks)
+            return (jax.tree_util.tree_map(jnp.add, grads, g), metric.merge(sums, m)), None
+
+        first = jax.tree_util.tree_map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(lambda: grad_fn(params, model, cfg, first, temperature,
+                                                total_weight, num_tasks))
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (grads, sums), _ = jax.lax.scan(body, zeros, micro)
+        return grads, sums
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         temperature = temperature_at(state.step, cfg)
         total_weight = jnp.maximum(batch["decoder_loss_weights"].sum(), 1.0)
-        micro = jax.tree_util.tree_map(
-            lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
-        grad_fn = jax.grad(_microbatch_loss, has_aux=True)
-
-        def body(carry, mb):
-            grads, sums = carry
-            g, m = grad_fn(state.params, model, cfg, mb, temperature, total_weight, num_tasks)
-            grads = jax.tree_util.tree_map(jnp.add, grads, g)
-            sums = jax.tree_util.tree_map(jnp.add, sums, m)
-            return (grads, sums), None
-
-        first = jax.tree_util.tree_map(lambda x: x[0], micro)
-        metric_shapes = jax.eval_shape(
-            lambda: _microbatch_loss(state.params, model, cfg, first, temperature,
-                                     total_weight, num_tasks)[1])
-        zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
-                 jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
-        (grads, sums), _ = jax.lax.scan(body, zeros, micro)
-
+        grads, metrics = gradients(state.params, batch, temperature, total_weight)
         grad_norm = optax.global_norm(grads)
-        loss = sums["ce_sum"] / total_weight
+        loss = metrics["loss"].total / total_weight
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -100,8 +115,8 @@ def make_train_step(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTr
         new_state = TrainState(step=state.step + 1,  # batches consumed, skipped or not
                                params=keep(new_params, state.params),
                                opt_state=keep(new_opt, state.opt_state))
-        sums.update(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                    temperature=temperature)
-        return new_state, sums
+        metrics.update({"grad_norm": Average.of(grad_norm), "temperature": Average.of(temperature),
+                        "nonfinite_steps": Sum(1.0 - finite.astype(jnp.float32))})
+        return new_state, metrics
 
     return step

@@ -68,7 +68,7 @@ def run_demo(workdir: str, overrides: list[str] | None = None) -> dict:
     for sub, name in STAGES:
         cfg = _stage_config(name, workdir, overrides)
         print(f"\n=== {name} -> {os.path.join(workdir, sub)} ===", flush=True)
-        train(cfg, os.path.join(workdir, sub), final_eval=False)
+        train(cfg, os.path.join(workdir, sub))  # no eval hook: evaluated side by side below
     train_secs = time.time() - t0
 
     print("\n=== held-out evaluation ===", flush=True)

@@ -5,17 +5,19 @@ Collapse (FINDINGS.md lesson 1) shows as: overlap of kept units *across* tasks a
 from 1 (train/eval mismatch of lesson 3). Overlap of two examples a, b in one layer is
 |kept_a ∩ kept_b| / k; random selection gives k / F.
 
-All functions return per-batch *sums* and *counts* so they can be accumulated over micro-batches
-and logging windows and divided on the host.
+Each statistic is a typed `ifp_jax.metric.Average`, so it merges over micro-batches, steps and
+eval batches and divides only when reported.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ifp_jax.metric import Average
+
 
 def mask_statistics(mask: jnp.ndarray, lam: jnp.ndarray | None, task_id: jnp.ndarray,
-                    num_tasks: int, k: int) -> dict:
+                    num_tasks: int, k: int) -> dict[str, Average]:
     """Collapse statistics of one batch.
 
     Args:
@@ -24,7 +26,8 @@ def mask_statistics(mask: jnp.ndarray, lam: jnp.ndarray | None, task_id: jnp.nda
       task_id: [B] int task index in [0, num_tasks).
       num_tasks: N, static.
       k: kept units per layer.
-    Returns: dict of scalars (sums and pair counts; see `finalize`).
+    Returns: {'mask/overlap_within_task', 'mask/overlap_across_tasks', 'mask/units_used_frac'
+      (+ 'mask/lambda_kept_mean' when lam is given)}, each an Average.
     """
     kept = (mask > 0).astype(jnp.float32)  # [B, L, F]
     n_layers = kept.shape[1]
@@ -37,31 +40,13 @@ def mask_statistics(mask: jnp.ndarray, lam: jnp.ndarray | None, task_id: jnp.nda
     within_pairs = n * (n - 1)
     # Across tasks: all pairs (a in t, b in s), t != s.
     off = 1.0 - jnp.eye(num_tasks)
-    across_shared = (gram * off).sum()
-    across_pairs = (jnp.outer(n, n) * off).sum()
     stats = {
-        "overlap_within_sum": within_shared.sum() / k,
-        "overlap_within_pairs": within_pairs.sum(),
-        "overlap_across_sum": across_shared / k,
-        "overlap_across_pairs": across_pairs,
-        "units_used_frac": kept.max(axis=0).mean(),  # kept by any example, mean over layers
-        "batches": jnp.ones(()),
+        "mask/overlap_within_task": Average(within_shared.sum() / k, within_pairs.sum()),
+        "mask/overlap_across_tasks": Average((gram * off).sum() / k,
+                                             (jnp.outer(n, n) * off).sum()),
+        # kept by any example of the batch, mean over layers
+        "mask/units_used_frac": Average.of(kept.max(axis=0).mean()),
     }
     if lam is not None:
-        stats["lambda_kept_sum"] = (lam * kept).sum()
-        stats["kept_count"] = kept.sum()
+        stats["mask/lambda_kept_mean"] = Average((lam * kept).sum(), kept.sum())
     return stats
-
-
-def finalize(sums: dict) -> dict:
-    """Host-side: turns accumulated sums into the reported metrics."""
-    out = {}
-    if sums.get("overlap_within_pairs", 0) > 0:
-        out["mask/overlap_within_task"] = sums["overlap_within_sum"] / sums["overlap_within_pairs"]
-    if sums.get("overlap_across_pairs", 0) > 0:
-        out["mask/overlap_across_tasks"] = sums["overlap_across_sum"] / sums["overlap_across_pairs"]
-    if sums.get("batches", 0) > 0:
-        out["mask/units_used_frac"] = sums["units_used_frac"] / sums["batches"]
-    if sums.get("kept_count", 0) > 0:
-        out["mask/lambda_kept_mean"] = sums["lambda_kept_sum"] / sums["kept_count"]
-    return out

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Copy a training workdir from the TPU VM (or its GCS bucket) to this machine.
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<USAGE
+usage: $PROG NAME --workdir DIR --zone ZONE [--dest LOCAL] [options]
+
+Copy DIR to LOCAL/<basename of DIR> (LOCAL defaults to ./runs).
+  DIR under /gcs/BUCKET/...  -> gcloud storage cp -r gs://BUCKET/... LOCAL (NAME and zone
+                                are then not needed; the TPU may already be deleted)
+  any other DIR              -> gcloud compute tpus tpu-vm scp --recurse from worker 0 (only
+                                complete on a single-host slice: a multi-host job must use a
+                                shared workdir)
+  --workdir DIR          the --workdir given to launch.sh (required)
+  --dest LOCAL           local parent directory (default ./runs)
+  --project P, --zone Z  (env IFP_TPU_PROJECT, IFP_TPU_ZONE)
+  --dry-run              print the commands, run nothing
+USAGE
+}
+
+OPTS=(workdir dest)
+WORKDIR='' DEST=runs
+parse_args "$@"
+[[ -n $WORKDIR ]] || die "missing --workdir DIR: pass the workdir given to launch.sh"
+[[ $WORKDIR == /* ]] || die "--workdir must be the absolute path given to launch.sh, e.g. /gcs/BUCKET/run1"
+WORKDIR=${WORKDIR%/}
+((${#POSITIONAL[@]} <= 1)) || die "unexpected arguments: ${POSITIONAL[*]:1}"
+
+if [[ $WORKDIR =~ ^/gcs/([^/]+)/(.+)$ ]]; then
+  run mkdir -p "$DEST"
+  run gcloud storage cp -r "gs://${BASH_REMATCH[1]}/${BASH_REMATCH[2]}" "$DEST/" \
+    ${PROJECT:+--project "$PROJECT"}
+else
+  need_name
+  need_zone
+  loc
+  run mkdir -p "$DEST"
+  run gcloud compute tpus tpu-vm scp --recurse "$NAME:$WORKDIR" "$DEST/" "${LOC[@]}" --worker=0
+fi
+((DRY_RUN)) || note "copied to $DEST/$(basename "$WORKDIR")"

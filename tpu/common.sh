@@ -1,0 +1,92 @@
+# shellcheck shell=bash disable=SC2034,SC2088
+# (SC2034: variables used by the scripts that source this; SC2088: remote tildes, see below)
+# Shared helpers for tpu/*.sh: argument parsing, gcloud location flags, dry-run `run`.
+#
+# A script sets FLAGS (boolean options) and OPTS (options taking a value), defines usage(),
+# sets defaults, then calls `parse_args "$@"`. `--foo-bar` / `--foo-bar=V` set variable FOO_BAR
+# (1 for flags); other words land in POSITIONAL. Common to every script: --project, --zone
+# (env IFP_TPU_PROJECT / IFP_TPU_ZONE), --dry-run, --help.
+set -euo pipefail
+
+PROG="tpu/$(basename "$0")"
+TPU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(dirname "$TPU_DIR")
+PROJECT=${IFP_TPU_PROJECT:-}
+ZONE=${IFP_TPU_ZONE:-}
+DRY_RUN=0
+POSITIONAL=()
+FLAGS=()
+OPTS=()
+# Where setup.sh puts things on every worker (launch.sh and logs.sh use the same paths). The
+# tilde is expanded by the remote shell, not here.
+REMOTE_SRC='~/ifp_jax'
+REMOTE_VENV='~/ifp_venv'
+REMOTE_LOGS='~/ifp_logs'
+
+die() { echo "$PROG: error: $*" >&2; exit 2; }        # bad input: one line, exit 2
+fail() { echo "$PROG: $*" >&2; exit 1; }              # runtime failure
+note() { echo "$PROG: $*" >&2; }
+
+# Shell-quote each argument (bare when safe) and print them space-separated.
+quote() {
+  local a out=() sq="'" esc="'\\''"
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then out+=("$a"); else out+=("'${a//$sq/$esc}'"); fi
+  done
+  echo "${out[*]}"
+}
+
+# Print `+ cmd`; execute it unless --dry-run (stdout in dry-run, stderr when really running).
+run() {
+  if ((DRY_RUN)); then echo "+ $(quote "$@")"; return 0; fi
+  echo "+ $(quote "$@")" >&2
+  "$@"
+}
+
+_has() { local x=$1; shift; local y; for y in "$@"; do [[ $x == "$y" ]] && return 0; done; return 1; }
+
+parse_args() {
+  local a name val var has
+  while (($#)); do
+    a=$1; shift
+    case $a in
+      -h|--help) usage; exit 0 ;;
+      --) POSITIONAL+=("$@"); break ;;
+      --?*)
+        name=${a#--}; has=0; val=
+        if [[ $name == *=* ]]; then val=${name#*=}; name=${name%%=*}; has=1; fi
+        var=${name^^}; var=${var//-/_}
+        if _has "$name" dry-run "${FLAGS[@]}"; then
+          ((!has)) || die "--$name takes no value"
+          printf -v "$var" 1
+        elif _has "$name" project zone "${OPTS[@]}"; then
+          if ((!has)); then
+            [[ ${1:--} != -* ]] || die "--$name needs a value"
+            val=$1; shift
+          fi
+          printf -v "$var" '%s' "$val"
+        else
+          die "unknown option --$name (see $PROG --help)"
+        fi ;;
+      -?*) die "unknown option $a (see $PROG --help)" ;;
+      *) POSITIONAL+=("$a") ;;
+    esac
+  done
+}
+
+# Positional NAME (the TPU VM) and a zone are required by every gcloud TPU command.
+need_name() {
+  NAME=${POSITIONAL[0]:-}
+  [[ -n $NAME ]] || die "missing TPU name: $PROG NAME --zone ZONE ... (see --help)"
+  [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "bad TPU name '$NAME': use lowercase letters, digits and '-', starting with a letter"
+}
+need_zone() { [[ -n $ZONE ]] || die "no zone: pass --zone ZONE (e.g. us-east5-a) or set IFP_TPU_ZONE"; }
+
+# `--zone Z [--project P]`, placed after the resource name of every gcloud command.
+loc() { LOC=(--zone "$ZONE"); [[ -z $PROJECT ]] || LOC+=(--project "$PROJECT"); }
+
+# Run a shell command line on workers of the TPU VM: tpu_ssh WORKER COMMAND [gcloud flags...]
+tpu_ssh() {
+  local worker=$1 cmd=$2; shift 2
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${LOC[@]}" "--worker=$worker" "$@" --command "$cmd"
+}

@@ -30,7 +30,7 @@ def _cmd_train(args) -> None:
     from ifp_jax import distributed
     cfg = _resolve(args.experiment, args.overrides)  # a typo fails before joining a job
     distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                           init_timeout=args.init_timeout)
+                           init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout)
     from ifp_jax.eval.hook import EvaluateHeldOut
     from ifp_jax.train.hooks import parse_profile_steps
     from ifp_jax.train.loop import train
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--process-id", type=int, default=None, help="env IFP_PROCESS_ID")
     t.add_argument("--init-timeout", type=int, default=120, metavar="SECONDS",
                    help="give up joining the job after this long (default 120)")
+    t.add_argument("--heartbeat-timeout", type=int, default=60, metavar="SECONDS",
+                   help="a process silent this long is declared dead and the job stops "
+                        "(default 60)")
     t.add_argument("--profile-steps", default=None, metavar="A:B",
                    help="write a jax.profiler trace of steps A..B-1 to WORKDIR/profile")
     t.set_defaults(fn=_cmd_train)

@@ -6,7 +6,9 @@ Resolution order:
   2. a cluster JAX detects by itself: Cloud TPU VMs and pods (GCE, GKE), SLURM (srun), Open MPI;
   3. otherwise one process.
 Failures are one line with the fix and come within a bounded time: a coordinator nobody answers
-at, or processes that never join, fail after `init_timeout` seconds; a process that dies later
+at, processes that never join or disagree on the process count fail after at most
+`init_timeout` seconds (ifp_jax/rendezvous.py checks this before JAX's own join, which would
+abort with a C++ stack trace); a process that dies later
 makes the others exit after at most `heartbeat_timeout` seconds (JAX's coordination service stops
 the survivors), never a hang.
 """
@@ -17,7 +19,9 @@ import os
 import sys
 
 import jax
+import numpy as np
 
+from ifp_jax import rendezvous
 from ifp_jax.config import ConfigError
 
 ENV_COORDINATOR = "IFP_COORDINATOR"
@@ -57,6 +61,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                               f"(--num-processes {num_processes})")
         if num_processes == 1:
             return
+        rendezvous.handshake(coordinator, num_processes, process_id, init_timeout)
         _join(dict(coordinator_address=coordinator, num_processes=num_processes,
                    process_id=process_id), init_timeout, heartbeat_timeout,
               f"{num_processes} processes via coordinator {coordinator}")
@@ -81,8 +86,11 @@ def _join(kwargs: dict, init_timeout: int, heartbeat_timeout: int, what: str,
     # the setting does nothing to TPU or GPU backends.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
+        # A process that exits early (an error) waits at most heartbeat_timeout at the shutdown
+        # barrier too, so a failed job ends within a bound on every process.
         jax.distributed.initialize(initialization_timeout=init_timeout,
-                                   heartbeat_timeout_seconds=heartbeat_timeout, **kwargs)
+                                   heartbeat_timeout_seconds=heartbeat_timeout,
+                                   shutdown_timeout_seconds=heartbeat_timeout, **kwargs)
     except ValueError as e:
         if detect and "coordinator_address" in str(e):
             raise _NoCluster() from None
@@ -98,3 +106,23 @@ def _join(kwargs: dict, init_timeout: int, heartbeat_timeout: int, what: str,
               f"{jax.device_count()} devices ({jax.local_device_count()} local)",
               file=sys.stderr, flush=True)
 
+
+
+def on_primary(fn, *args, **kwargs):
+    """Runs `fn` on process 0 only (e.g. writing config.json), then tells every process whether
+    it succeeded: a ConfigError there is raised on all processes, so none goes on alone."""
+    error = None
+    result = None
+    if jax.process_index() == 0:
+        try:
+            result = fn(*args, **kwargs)
+        except ConfigError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if failed and error is None:
+            error = ConfigError("process 0 refused the job (its first line of output says why)")
+    if error is not None:
+        raise error
+    return result

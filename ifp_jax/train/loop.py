@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import jax
 
-from ifp_jax import metric
+from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.data import pipeline, tasks
@@ -119,7 +119,7 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
 
 
 def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) -> TrainState:
-    ckpt_lib.prepare_workdir(workdir, cfg)
+    distributed.on_primary(ckpt_lib.prepare_workdir, workdir, cfg)
     mesh = shd.make_mesh(cfg.mesh)
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     batch_specs = batch_layout(cfg, mesh)

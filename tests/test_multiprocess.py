@@ -1,0 +1,178 @@
+"""`ifp train` as several processes on this machine (gloo CPU collectives over 127.0.0.1).
+
+2 processes x 4 virtual devices train and save; 1 process x 8 devices with another mesh restores
+and continues; every step's loss equals a 1-process, 1-device run of the same global batches
+(rtol 2e-4: only the reduction order differs). Killing one process ends the other within the
+heartbeat bound. Coordinator and process-count mistakes fail with one line, in bounded time.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import experiments
+from ifp_jax.config import ConfigError, apply_overrides
+from ifp_jax.train.loop import train
+from ifp_jax.train.workdir_lock import WorkdirLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+        "model.head_dim=8", "model.d_ffn=64", "predictor.backbone.d_model=32",
+        "predictor.backbone.n_layers=1", "predictor.backbone.d_ffn=64",
+        "predictor.head_hidden=16", "pruning.keep_k=16", "data.global_batch_size=16",
+        "train.log_every=1", "checkpoint.every_steps=3", "optimizer.warmup_steps=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("IFP_DEBUG", None)
+    return env
+
+
+def _ifp(*args: str, devices: int, log=None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ifp_jax.cli", *args], cwd=ROOT,
+                            env=_env(devices), stdout=log or subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _train_args(workdir: str, steps: int, mesh: str, extra=()) -> list[str]:
+    data, fsdp, tensor = mesh.split(",")
+    return ["train", "tiny_multiskill", "--workdir", workdir, *TINY, f"train.steps={steps}",
+            "pruning.temperature_anneal_steps=9",
+            f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", *extra]
+
+
+def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tmp_path,
+                   timeout: float = 600) -> None:
+    port = _free_port()
+    logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(n)]
+    procs = [_ifp(*_train_args(workdir, steps, mesh),
+                  *([] if n == 1 else ["--coordinator", f"127.0.0.1:{port}",
+                                       "--num-processes", str(n), "--process-id", str(i)]),
+                  devices=devices, log=logs[i]) for i in range(n)]
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, log) in enumerate(zip(procs, logs)):
+        log.seek(0)
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{log.read()[-3000:]}"
+
+
+def _losses(workdir: str) -> dict[int, float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.skipif(len(__import__("jax").devices()) < 8, reason="needs 8 (virtual) devices")
+def test_two_processes_save_one_process_other_mesh_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    # 2 processes x 4 devices, mesh data 4 x fsdp 2: steps 1..6, checkpoints at 3 and 6.
+    _run_processes(workdir, 6, "4,2,1", n=2, devices=4, tmp_path=tmp_path)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    # 1 process x 8 devices, mesh data 4 x tensor 2: restores step 6, runs 7..9.
+    _run_processes(workdir, 9, "4,1,2", n=1, devices=8, tmp_path=tmp_path)
+    resumed = _losses(workdir)
+    # Reference: this process, one device, the same global batches.
+    ref_dir = str(tmp_path / "ref")
+    cfg = apply_overrides(experiments.get("tiny_multiskill"),
+                          _train_args(ref_dir, 9, "1,1,1")[4:])
+    train(cfg, ref_dir)
+    ref = _losses(ref_dir)
+    assert sorted(resumed) == list(range(1, 10)) and sorted(ref) == list(range(1, 10))
+    np.testing.assert_allclose([resumed[s] for s in range(1, 10)], [ref[s] for s in range(1, 10)],
+                               rtol=2e-4)
+
+
+def test_killing_one_process_ends_the_other(tmp_path):
+    port, heartbeat = _free_port(), 10
+    workdir = str(tmp_path / "run")
+    logs = [open(tmp_path / f"k{i}.log", "w+") for i in range(2)]
+    procs = [_ifp(*_train_args(workdir, 100000, "4,1,1"), "--coordinator", f"127.0.0.1:{port}",
+                  "--num-processes", "2", "--process-id", str(i), "--heartbeat-timeout",
+                  str(heartbeat), devices=2, log=logs[i], start_new_session=True)
+             for i in range(2)]
+    try:
+        deadline = time.time() + 400
+        while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            assert time.time() < deadline and procs[0].poll() is None, "training never started"
+            time.sleep(1)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        killed_at = time.time()
+        procs[0].wait(timeout=heartbeat + 90)
+        waited = time.time() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert procs[0].returncode != 0
+    assert waited < heartbeat + 90, waited
+    print(f"survivor exited {waited:.1f}s after its peer was killed (heartbeat {heartbeat}s)")
+
+
+def test_unreachable_coordinator_fails_fast_with_one_line(tmp_path):
+    t0 = time.time()
+    p = _ifp(*_train_args(str(tmp_path / "run"), 5, "-1,1,1"), "--coordinator",
+             f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "1",
+             "--init-timeout", "5", devices=1)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ifp: error: coordinator 127.0.0.1:") and "did not answer within 5s" in last
+    assert "--coordinator" in last
+    assert time.time() - t0 < 90
+    assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+def test_process_count_mismatch_is_refused_on_both(tmp_path):
+    port = _free_port()
+    procs = [_ifp(*_train_args(str(tmp_path / "run"), 5, "-1,1,1"), "--coordinator",
+                  f"127.0.0.1:{port}", "--num-processes", n, "--process-id", i,
+                  "--init-timeout", "60", devices=1) for n, i in (("2", "0"), ("3", "1"))]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 2, out
+        assert "give every process the same --num-processes" in out.strip().splitlines()[-1], out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"],
+     "--process-id 2 must be in 0..1"),
+    (["--num-processes", "2"], "go together"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+])
+def test_bad_process_flags_are_one_line_errors(tmp_path, args, message):
+    p = _ifp(*_train_args(str(tmp_path / "run"), 5, "-1,1,1"), *args, devices=1)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and message in out.strip().splitlines()[-1], out
+
+
+def test_second_job_on_a_workdir_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    holder = WorkdirLock(workdir)
+    holder.acquire()  # as a running job would
+    try:
+        cfg = apply_overrides(experiments.get("tiny_multiskill"),
+                              _train_args(workdir, 2, "1,1,1")[4:])
+        with pytest.raises(ConfigError, match="in use by another `ifp train` .pid"):
+            train(cfg, workdir)
+        assert os.listdir(workdir) == [".lock"]  # nothing else was written
+    finally:
+        holder.release()

@@ -5,6 +5,11 @@
 
 `get("name")` imports every module here once, then looks the name up; an unknown name fails with
 the closest registered one.
+
+An experiment may carry per-hardware defaults, `register(name, hardware={"v5p": [overrides],
+...})`: `get(name, hardware="v5p")` applies that family's `section.key=value` overrides to the
+config (mesh shape, remat policy, micro-batching, compute dtype); the user's own CLI overrides
+come after them, so every default stays overridable.
 """
 
 from __future__ import annotations
@@ -14,19 +19,27 @@ import importlib
 import pkgutil
 from typing import Callable
 
-from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides
 
 _REGISTRY: dict[str, Callable[[], ExperimentConfig]] = {}
+_HARDWARE: dict[str, dict[str, list[str]]] = {}
 _loaded = False
 
 
-def register(name: str):
+def register(name: str, hardware: dict[str, list[str]] | None = None):
     def wrap(fn: Callable[[], ExperimentConfig]):
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"experiment '{name}' is registered twice")
         _REGISTRY[name] = fn
+        _HARDWARE[name] = dict(hardware or {})
         return fn
     return wrap
+
+
+def hardware_defaults(name: str) -> dict[str, list[str]]:
+    """{family: overrides} registered with experiment `name` (empty if none)."""
+    _load_all()
+    return _HARDWARE.get(name, {})
 
 
 def _load_all() -> None:
@@ -44,7 +57,8 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> ExperimentConfig:
+def get(name: str, hardware: str | None = None) -> ExperimentConfig:
+    """The experiment's config, with `hardware`'s registered defaults applied (if any)."""
     _load_all()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1, cutoff=0.4)
@@ -53,4 +67,6 @@ def get(name: str) -> ExperimentConfig:
     cfg = _REGISTRY[name]()
     if cfg.name != name:
         raise ValueError(f"experiment '{name}' returned a config named '{cfg.name}'")
+    if hardware and hardware in _HARDWARE[name]:
+        cfg = apply_overrides(cfg, _HARDWARE[name][hardware])
     return cfg

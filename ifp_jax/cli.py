@@ -20,10 +20,19 @@ import os
 import sys
 
 
-def _resolve(experiment: str, overrides: list[str]):
+def _resolve(experiment: str, overrides: list[str], hardware: str | None = None):
+    """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides."""
     import experiments
     from ifp_jax.config import apply_overrides
-    return apply_overrides(experiments.get(experiment), overrides)
+    return apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
+
+
+def _this_hardware(flag: str | None) -> str | None:
+    if flag:
+        return flag
+    import jax
+    from ifp_jax.hardware import family_of_device
+    return family_of_device(jax.devices()[0])
 
 
 def _cmd_train(args) -> None:
@@ -31,6 +40,9 @@ def _cmd_train(args) -> None:
     cfg = _resolve(args.experiment, args.overrides)  # a typo fails before joining a job
     distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                            init_timeout=args.init_timeout, heartbeat_timeout=args.heartbeat_timeout)
+    hardware = _this_hardware(args.hardware)
+    if hardware:
+        cfg = _resolve(args.experiment, args.overrides, hardware)
     from ifp_jax.eval.hook import EvaluateHeldOut
     from ifp_jax.train.hooks import parse_profile_steps
     from ifp_jax.train.loop import train
@@ -40,9 +52,14 @@ def _cmd_train(args) -> None:
     train(cfg, args.workdir, hooks)
 
 
+def _cmd_compile(args) -> None:
+    from ifp_jax.tpu_compile import run
+    run(args.experiment, args.topology, args.overrides)
+
+
 def _cmd_config(args) -> None:
     from ifp_jax.config import to_json
-    print(to_json(_resolve(args.experiment, args.overrides)))
+    print(to_json(_resolve(args.experiment, args.overrides, args.hardware)))
 
 
 def _cmd_eval(args) -> None:
@@ -58,6 +75,9 @@ def _cmd_demo(args) -> None:
 def _cmd_list(args) -> None:
     import experiments
     print("\n".join(experiments.names()))
+
+
+HARDWARE = ("v5p", "v5e", "v4", "v6e", "gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,11 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 60)")
     t.add_argument("--profile-steps", default=None, metavar="A:B",
                    help="write a jax.profiler trace of steps A..B-1 to WORKDIR/profile")
+    t.add_argument("--hardware", choices=HARDWARE, default=None,
+                   help="use the experiment's defaults for this hardware (default: detected)")
     t.set_defaults(fn=_cmd_train)
+
+    cp = sub.add_parser("compile", help="AOT-compile the train step for a TPU slice; per-chip "
+                                        "memory and FLOPs (needs libtpu, no TPU)")
+    cp.add_argument("experiment")
+    cp.add_argument("--topology", required=True, metavar="NAME",
+                    help="a TPU slice, e.g. v5p-128, v5e-256, v4-64, v6e-16")
+    cp.add_argument("overrides", nargs="*", metavar="section.key=value")
+    cp.set_defaults(fn=_cmd_compile)
 
     c = sub.add_parser("config", help="print the resolved config as JSON")
     c.add_argument("experiment")
     c.add_argument("overrides", nargs="*", metavar="section.key=value")
+    c.add_argument("--hardware", choices=HARDWARE, default=None,
+                   help="apply the experiment's defaults for this hardware")
     c.set_defaults(fn=_cmd_config)
 
     e = sub.add_parser("eval", help="held-out exact match of a trained workdir")

@@ -46,6 +46,9 @@ class ModelConfig:
     # 'dots' saves matmul outputs only (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     remat_policy: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
+    # Attention kernel (model/attention.py): 'auto' = Pallas splash attention on TPU (never holds
+    # [T, T] scores), XLA's dot_product_attention elsewhere.
+    attention: Literal["auto", "xla", "splash"] = "auto"
 
     @property
     def padded_vocab_size(self) -> int:

@@ -29,6 +29,7 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("vocab", "tensor"),
     ("layers", None),
     ("predictor_hidden", None),
+    ("head_mlp", ("fsdp", "tensor")),  # the predictor head's unit axis (model/predictor.py)
     ("norm", None),
 )
 KNOWN_LOGICAL_NAMES = frozenset(name for name, _ in LOGICAL_RULES)

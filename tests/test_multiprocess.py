@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
         "model.head_dim=8", "model.d_ffn=64", "predictor.backbone.d_model=32",
         "predictor.backbone.n_layers=1", "predictor.backbone.d_ffn=64",
+        "predictor.backbone.n_kv_heads=2",
         "predictor.head_hidden=16", "pruning.keep_k=16", "data.global_batch_size=16",
         "train.log_every=1", "checkpoint.every_steps=3", "optimizer.warmup_steps=2"]
 
@@ -87,8 +88,8 @@ def test_two_processes_save_one_process_other_mesh_resumes(tmp_path):
     # 2 processes x 4 devices, mesh data 4 x fsdp 2: steps 1..6, checkpoints at 3 and 6.
     _run_processes(workdir, 6, "4,2,1", n=2, devices=4, tmp_path=tmp_path)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
-    # 1 process x 8 devices, mesh data 4 x tensor 2: restores step 6, runs 7..9.
-    _run_processes(workdir, 9, "4,1,2", n=1, devices=8, tmp_path=tmp_path)
+    # 1 process x 8 devices, mesh data 2 x fsdp 2 x tensor 2: restores step 6, runs 7..9.
+    _run_processes(workdir, 9, "2,2,2", n=1, devices=8, tmp_path=tmp_path)
     resumed = _losses(workdir)
     # Reference: this process, one device, the same global batches.
     ref_dir = str(tmp_path / "ref")

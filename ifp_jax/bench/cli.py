@@ -19,7 +19,8 @@ def _cmd_bench_train(args) -> None:
         experiment, overrides = None, [experiment] + overrides
     cfg = resolve_config(experiment, overrides)
     result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, peer=args.peer,
-                             matmul_n=args.matmul_n)
+                             matmul_n=args.matmul_n,
+                             arm_cache=getattr(args, "arm_cache", None))  # set by tests
     print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
 
 

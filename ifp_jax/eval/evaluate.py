@@ -101,7 +101,8 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
 
     run = make_eval_fn(model, mode, cfg.pruning.temperature_end, num_steps)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        run = jax.jit(run)
+        # Replicated outputs: every process (multi-host) reads the whole result.
+        run = jax.jit(run, out_shardings=shd.replicated(mesh))
         gens, masks = [], []
         for s in range(0, padded, batch_size):
             batch = {k: jax.make_array_from_callback(

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from ifp_jax.config import ModelConfig
-from ifp_jax.model.layers import DecoderBlock, Projection, RMSNorm, attention_mask, rope_cos_sin
+from ifp_jax.model.attention import causal_segment_mask
+from ifp_jax.model.layers import DecoderBlock, Projection, RMSNorm, rope_cos_sin
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass
@@ -47,7 +48,8 @@ class Decoder(nn.Module):
         x = embed(tokens)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
-        attn_mask = attention_mask(segment_ids)
+        # The xla kernel takes a [B, 1, T, T] mask, built once for all layers; splash takes ids.
+        attn_mask = None if c.attention == "splash" else causal_segment_mask(segment_ids)
         if mask is not None:
             mask = nn.with_logical_constraint(mask, ("batch", "layers", "mlp"))
         block = _block_class(c)
@@ -55,14 +57,16 @@ class Decoder(nn.Module):
             # The mask's layer axis is scanned with the layer params; a None mask is broadcast.
             layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=(0 if mask is not None else nn.broadcast, nn.broadcast,
-                                      nn.broadcast, nn.broadcast),
+                                      nn.broadcast, nn.broadcast, nn.broadcast),
                              length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
             layer_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [L, B, F]
-            x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, attn_mask)
+            x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, segment_ids,
+                                                        attn_mask)
         else:
             for i in range(c.n_layers):
                 row = None if mask is None else mask[:, i]
-                x, _ = block(c, self.dtype, name=f"layers_{i}")(x, row, cos, sin, attn_mask)
+                x, _ = block(c, self.dtype, name=f"layers_{i}")(x, row, cos, sin, segment_ids,
+                                                                attn_mask)
         x = RMSNorm(c.norm_eps, self.dtype, name="norm")(x)
         if return_hidden:
             return x

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ifp_jax.config import ModelConfig
+from ifp_jax.model.attention import splash_attention, xla_attention
 
 Dtype = Any
 _INIT = nn.initializers.normal(stddev=0.02)
@@ -80,14 +81,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
-def attention_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, T] segment ids -> [B, 1, T, T] bool: causal and within-segment only."""
-    t = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((t, t), bool))[None]
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return (causal & same)[:, None]
-
-
 class Attention(nn.Module):
     """Causal grouped-query attention with RoPE."""
 
@@ -95,9 +88,10 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                 mask: jax.Array) -> jax.Array:
-        """x [B, T, D], cos/sin [B, T, head_dim], mask [B, 1, T, T] bool -> [B, T, D]."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 mask: jax.Array | None) -> jax.Array:
+        """x [B, T, D], cos/sin [B, T, head_dim], segment_ids [B, T], mask [B, 1, T, T] bool
+        (the xla kernel's; None for splash) -> [B, T, D]."""
         c = self.cfg
         dense = lambda feats, names, name: Projection(feats, names, dtype=self.dtype, name=name)
         q = dense((c.n_heads, c.head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
@@ -106,7 +100,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         # GQA without materialising repeated K/V; softmax in f32 inside.
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        if c.attention == "splash":
+            out = splash_attention(q, k, v, segment_ids)
+        else:
+            out = xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         return Projection((c.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=self.dtype,
                           name="o_proj")(out)
@@ -161,10 +158,10 @@ class DecoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask_row: jax.Array | None, cos: jax.Array, sin: jax.Array,
-                 attn_mask: jax.Array):
+                 segment_ids: jax.Array, attn_mask: jax.Array | None):
         c = self.cfg
         h = RMSNorm(c.norm_eps, self.dtype, name="input_layernorm")(x)
-        x = x + Attention(c, self.dtype, name="self_attn")(h, cos, sin, attn_mask)
+        x = x + Attention(c, self.dtype, name="self_attn")(h, cos, sin, segment_ids, attn_mask)
         h = RMSNorm(c.norm_eps, self.dtype, name="post_attention_layernorm")(x)
         x = x + MaskedMLP(c.d_ffn, self.dtype, name="mlp")(h, mask_row)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

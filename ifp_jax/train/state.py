@@ -25,6 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
+from ifp_jax.model.attention import splash_supported
 from ifp_jax.model.ifp import IFPModel
 
 
@@ -46,8 +47,21 @@ def resolve_compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(name)
 
 
+def _resolve_attention(model_cfg, seq_len: int, platform: str):
+    if model_cfg.attention != "auto":
+        return model_cfg
+    use_splash = platform == "tpu" and splash_supported(seq_len)
+    return dataclasses.replace(model_cfg, attention="splash" if use_splash else "xla")
+
+
 def build_model(cfg: ExperimentConfig, platform: str | None = None) -> IFPModel:
-    return IFPModel(model_cfg=cfg.model, predictor_cfg=cfg.predictor, pruning_cfg=cfg.pruning,
+    """The IFPModel for `platform` (default: this process's backend; `ifp compile` passes the
+    target's): compute dtype and attention kernel resolved for it."""
+    platform = platform or jax.default_backend()
+    predictor = dataclasses.replace(cfg.predictor, backbone=_resolve_attention(
+        cfg.predictor.backbone, cfg.predictor.max_prompt_len, platform))
+    return IFPModel(model_cfg=_resolve_attention(cfg.model, cfg.data.seq_len, platform),
+                    predictor_cfg=predictor, pruning_cfg=cfg.pruning,
                     dtype=resolve_compute_dtype(cfg.train.compute_dtype, platform))
 
 

@@ -1,0 +1,85 @@
+"""`ifp compile`: AOT compilation of the joint train step for real TPU topologies (libtpu's
+topology descriptions, no TPU), per-chip memory against HBM, and its errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+import experiments
+from ifp_jax.config import ConfigError
+from ifp_jax.hardware import parse_slice
+from ifp_jax import tpu_compile
+
+pytest.importorskip("libtpu", reason="libtpu comes with the test extra (jax[tpu])")
+
+TINY = ["data.global_batch_size=8", "model.d_model=64", "model.n_layers=2", "model.d_ffn=128",
+        "pruning.keep_k=32", "predictor.backbone.n_layers=1", "predictor.max_prompt_len=32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_v5e_report():
+    s = parse_slice("v5e-4")
+    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + ["model.attention=xla"])
+    return cfg, tpu_compile.compile_for_slice(cfg, s)
+
+
+def test_tiny_config_compiles_for_v5e_4_and_reports_memory(tiny_v5e_report):
+    cfg, r = tiny_v5e_report
+    assert r.devices == 4 and r.mesh == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert r.hbm_gib == 16.0 and r.fits
+    # Arguments hold the whole train state once (replicated over 'data'): params + 2 Adam moments.
+    assert 0 < r.argument_gib < 0.1 and r.total_gib > 0
+    assert r.model_flops_per_step > 0 and r.compute_dtype == "bfloat16"  # auto -> bf16 on TPU
+    text = tpu_compile.format_report(r, cfg)
+    assert "per-chip memory (GiB): arguments" in text and "fits" in text
+
+
+def test_splash_attention_compiles_for_tpu():
+    """'auto' attention is the Pallas splash kernel on TPU when T tiles into 128-blocks."""
+    s = parse_slice("v5e-4")
+    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + ["data.seq_len=128",
+                                                                   "model.max_len=128"])
+    r = tpu_compile.compile_for_slice(cfg, s)
+    assert r.attention == "splash" and r.fits
+
+
+def test_too_large_a_config_is_refused_with_figures_and_levers():
+    s = parse_slice("v5e-4")
+    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + [
+        "model.vocab_size=2400000", "model.d_model=2048", "model.n_heads=16",
+        "model.head_dim=128", "model.attention=xla"])
+    with pytest.raises(ConfigError) as e:
+        tpu_compile.compile_for_slice(cfg, s)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1
+    assert "does not fit v5e-4" in msg and "HBM" in msg and "mesh.fsdp=-1" in msg
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v5p-100", "no standard v5p slice"), ("v9-8", "unknown TPU generation"),
+    ("banana", "use a slice name like v5p-128")])
+def test_unknown_topology_is_a_one_line_error(name, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_slice(name)
+
+
+def test_slice_names_map_to_topologies():
+    assert parse_slice("v5p-128").topology_name == "v5p:4x4x4"  # 64 chips (v5p counts cores)
+    assert parse_slice("v5e-256").topology_name == "v5e:16x16"
+    assert parse_slice("v5litepod-16").name == "v5e-16"
+    assert parse_slice("v4-64").num_devices == 64  # 32 chips, 2 devices each
+
+
+def test_paper_experiments_take_hardware_defaults_and_overrides():
+    cfg = experiments.get("paper_9b_to_3b", hardware="v5e")
+    assert (cfg.model.d_ffn, cfg.pruning.keep_k, cfg.model.n_layers) == (24576, 6656, 56)
+    assert cfg.mesh.fsdp == -1 and cfg.train.logits_chunk_len == 512
+    assert experiments.get("paper_6b_to_3b").model.d_ffn == 16384
+
+
+def test_cli_unknown_topology_exits_2_with_one_line():
+    p = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "compile", "paper_9b_to_3b",
+                        "--topology", "v5p-100"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("ifp: error: no standard v5p slice")

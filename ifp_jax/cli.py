@@ -53,6 +53,8 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_compile(args) -> None:
+    # (main() has pinned this process to the CPU backend: compiling for a topology needs
+    # libtpu's compiler, not a TPU, and must not take the chips of a job running here.)
     from ifp_jax.tpu_compile import run
     run(args.experiment, args.topology, args.overrides)
 
@@ -152,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    if args.command == "compile":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips
     _quiet_tensorflow()
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError

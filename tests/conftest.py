@@ -7,3 +7,5 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu is only used for topology descriptions (AOT compiles): no chip is claimed.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")

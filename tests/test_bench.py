@@ -50,7 +50,7 @@ def _check_ours(r: dict) -> None:
         assert a["tokens_per_s"] > 0 and a["step_s_median"] > 0 and a["compile_s"] > 0
         assert a["model_flops_per_s"] > 0
         assert 0 < a["fraction_of_peak"] < 1.5
-    assert r["ifp_over_dense_step_time"] > 0
+    assert r["ifp_over_dense_step_time"] > 0 and r["ifp_over_dense_step_time_paired"] > 0
     assert "6 * N_matmul" in r["flops_formula"]
 
 
@@ -80,7 +80,7 @@ def test_bench_train_with_transformers_peer(capsys):
     p = r["peer"]
     assert p["tokens_per_s"] > 0 and p["params"] > 0 and p["threads"] >= 1
     assert 0 < p["fraction_of_peak"] < 1.5 and r["torch_matmul_peak_flops"] > 0
-    assert r["ours_over_peer_tokens_per_s"] > 0
+    assert r["ours_over_peer_tokens_per_s"] > 0 and r["ours_over_peer_tokens_per_s_paired"] > 0
 
 
 def test_report_text_and_flop_formula():

@@ -2,7 +2,10 @@
 
 2 processes x 4 virtual devices train and save; 1 process x 8 devices with another mesh restores
 and continues; every step's loss equals a 1-process, 1-device run of the same global batches
-(rtol 2e-4: only the reduction order differs). Killing one process ends the other within the
+(rtol 1e-4: only the reduction order differs). That comparison trains the dense arm: in the
+joint IFP step a top-k choice between two units whose lambda differ by ~1e-7 can flip with the
+reduction order and then the runs part ways (seen: equal for 4 steps, 4e-4 apart at step 5);
+the joint step's sharded == unsharded equality is tests/test_sharding.py's. Killing one process ends the other within the
 heartbeat bound. Coordinator and process-count mistakes fail with one line, in bounded time.
 """
 
@@ -50,18 +53,19 @@ def _ifp(*args: str, devices: int, log=None, **popen) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _train_args(workdir: str, steps: int, mesh: str, extra=()) -> list[str]:
+def _train_args(workdir: str, steps: int, mesh: str, extra=(), experiment="tiny_multiskill"
+                ) -> list[str]:
     data, fsdp, tensor = mesh.split(",")
-    return ["train", "tiny_multiskill", "--workdir", workdir, *TINY, f"train.steps={steps}",
+    return ["train", experiment, "--workdir", workdir, *TINY, f"train.steps={steps}",
             "pruning.temperature_anneal_steps=9",
             f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", *extra]
 
 
 def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tmp_path,
-                   timeout: float = 600) -> None:
+                   timeout: float = 600, experiment: str = "tiny_multiskill") -> None:
     port = _free_port()
     logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(n)]
-    procs = [_ifp(*_train_args(workdir, steps, mesh),
+    procs = [_ifp(*_train_args(workdir, steps, mesh, experiment=experiment),
                   *([] if n == 1 else ["--coordinator", f"127.0.0.1:{port}",
                                        "--num-processes", str(n), "--process-id", str(i)]),
                   devices=devices, log=logs[i]) for i in range(n)]
@@ -86,20 +90,20 @@ def _losses(workdir: str) -> dict[int, float]:
 def test_two_processes_save_one_process_other_mesh_resumes(tmp_path):
     workdir = str(tmp_path / "run")
     # 2 processes x 4 devices, mesh data 4 x fsdp 2: steps 1..6, checkpoints at 3 and 6.
-    _run_processes(workdir, 6, "4,2,1", n=2, devices=4, tmp_path=tmp_path)
+    dense = "tiny_multiskill_dense"
+    _run_processes(workdir, 6, "4,2,1", n=2, devices=4, tmp_path=tmp_path, experiment=dense)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     # 1 process x 8 devices, mesh data 2 x fsdp 2 x tensor 2: restores step 6, runs 7..9.
-    _run_processes(workdir, 9, "2,2,2", n=1, devices=8, tmp_path=tmp_path)
+    _run_processes(workdir, 9, "2,2,2", n=1, devices=8, tmp_path=tmp_path, experiment=dense)
     resumed = _losses(workdir)
     # Reference: this process, one device, the same global batches.
     ref_dir = str(tmp_path / "ref")
-    cfg = apply_overrides(experiments.get("tiny_multiskill"),
-                          _train_args(ref_dir, 9, "1,1,1")[4:])
+    cfg = apply_overrides(experiments.get(dense), _train_args(ref_dir, 9, "1,1,1")[4:])
     train(cfg, ref_dir)
     ref = _losses(ref_dir)
     assert sorted(resumed) == list(range(1, 10)) and sorted(ref) == list(range(1, 10))
     np.testing.assert_allclose([resumed[s] for s in range(1, 10)], [ref[s] for s in range(1, 10)],
-                               rtol=2e-4)
+                               rtol=1e-4)
 
 
 def test_killing_one_process_ends_the_other(tmp_path):

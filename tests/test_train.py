@@ -11,9 +11,10 @@ from ifp_jax.config import ConfigError, replace
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.eval.hook import EvaluateHeldOut
+from ifp_jax.train.hooks import Profile
 from ifp_jax.train.loop import train
 from ifp_jax.train.optim import make_optimizer
-from ifp_jax.train.state import build_model, state_layout
+from ifp_jax.train.state import build_model, params_layout, state_layout
 from ifp_jax import sharding as shd
 from tests.helpers import tiny_config
 
@@ -34,7 +35,7 @@ def uninterrupted(tmp_path_factory):
     """One 20-step IFP run shared by the tests below (compiled once)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     cfg = tiny_config(steps=20)
-    state = train(cfg, workdir, [EvaluateHeldOut()])
+    state = train(cfg, workdir, [EvaluateHeldOut(), Profile(start=3, stop=5)])
     return cfg, workdir, jax.device_get(state)
 
 
@@ -136,3 +137,41 @@ def test_stage_chaining_initialises_llm_from_source(uninterrupted, tmp_path):
     with pytest.raises(ConfigError, match="config.json not found"):
         train(replace(chained, train=replace(chained.train, init_llm_from=str(tmp_path))),
               str(tmp_path / "chained2"))
+
+
+def test_profile_trace_is_written(uninterrupted):
+    _, workdir, _ = uninterrupted
+    traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files
+              if f.endswith(".xplane.pb")]
+    assert traces, "no jax.profiler trace under DIR/profile"
+
+
+def test_params_only_restore_reads_the_params_subtree(uninterrupted):
+    cfg, workdir, final = uninterrupted
+    mesh = shd.make_mesh(cfg.mesh)
+    abstract = params_layout(build_model(cfg), cfg, mesh)
+    step, params = ckpt_lib.restore_latest_params(workdir, abstract)
+    assert step == 20
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(final.params)
+    _params_equal(params, final.params)
+
+
+def test_torn_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupted, tmp_path, capsys):
+    import shutil
+    cfg, workdir, _ = uninterrupted
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    newest = os.path.join(copy, "checkpoints", "20", "state")
+    for name in os.listdir(newest):  # the array data of step 20 is gone (a torn save)
+        if name != "_METADATA":
+            path = os.path.join(newest, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    mesh = shd.make_mesh(cfg.mesh)
+    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
+                          mesh)
+    ck = ckpt_lib.Checkpointer(copy, cfg.checkpoint)
+    step, state, _ = ck.restore_latest(layout.abstract)
+    ck.close()
+    assert step == 15 and int(state.step) == 15
+    assert "checkpoint step 20" in capsys.readouterr().err
+    assert os.path.isdir(os.path.join(copy, "checkpoints", "20"))  # reported, never deleted

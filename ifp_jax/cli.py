@@ -4,6 +4,7 @@
         [--coordinator HOST:PORT --num-processes N --process-id I]   (multi-process; auto on
         [--profile-steps A:B]                                         TPU VMs and SLURM)
     ifp compile EXPERIMENT --topology NAME [overrides]            AOT-compile for a TPU topology
+    ifp bench train [EXPERIMENT] [overrides] [--peer] [--json]    dense vs IFP step, vs transformers
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
     ifp eval --workdir DIR [--mode MODE] [--eval-mask hard|lambda] held-out exact match
     ifp demo --workdir DIR                                        the embedded CPU pipeline
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="applied to every stage, e.g. train.compute_dtype=float32")
     d.set_defaults(fn=_cmd_demo)
+
+    from ifp_jax.bench.cli import add_parser as add_bench_parser
+    add_bench_parser(sub)
 
     ls = sub.add_parser("list", help="list registered experiments")
     ls.set_defaults(fn=_cmd_list)

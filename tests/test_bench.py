@@ -90,8 +90,9 @@ def test_report_text_and_flop_formula():
     assert (m.d_model, m.n_layers, m.d_ffn, m.n_heads, m.n_kv_heads, m.head_dim, m.vocab_size) \
         == (512, 8, 1376, 8, 2, 64, 32000)
     assert (cfg.data.global_batch_size, cfg.data.seq_len) == (8, 256)
-    n = 1_000_000
-    assert flops_per_step(cfg, n) == 8 * 256 * (6 * n + 12 * 8 * 256 * 8 * 64)
+    # matmul weights: 8 layers x (attention 512*64*(2*8 + 2*2) + FFN 3*512*1376) + LM head
+    n = 8 * (512 * 64 * 20 + 3 * 512 * 1376) + 512 * 32000
+    assert flops_per_step(cfg) == 8 * 256 * (6 * n + 12 * 8 * 256 * 8 * 64)
     arm = {"step_s_median": 2.0, "tokens_per_s": 1024.0, "model_flops_per_s": 5e10,
            "fraction_of_peak": 0.5, "compile_s": 3.0}
     r = {"experiment": "x", "backend": "cpu", "devices": 1, "llm_params": 5e7,

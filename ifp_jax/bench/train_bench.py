@@ -87,12 +87,10 @@ def llm_param_counts(decoder_params) -> dict:
     return {"total": int(total), "embedding": int(embed), "matmul": int(matmul)}
 
 
-def flops_per_step(cfg: ExperimentConfig, matmul_params: int) -> float:
-    m, d = cfg.model, cfg.data
-    if m.tie_embeddings:  # the LM head is the embedding matrix (all padded rows computed)
-        matmul_params += m.padded_vocab_size * m.d_model
-    per_token = 6 * matmul_params + 12 * m.n_layers * d.seq_len * m.n_heads * m.head_dim
-    return float(d.global_batch_size * d.seq_len * per_token)
+def flops_per_step(cfg: ExperimentConfig) -> float:
+    """The LLM's model FLOPs per train step (ifp_jax/flops.py, the formula `ifp compile` uses)."""
+    from ifp_jax.flops import decoder_train_flops
+    return decoder_train_flops(cfg.model, cfg.data.global_batch_size, cfg.data.seq_len)
 
 
 FLOPS_FORMULA = ("tokens * (6 * N_matmul + 12 * n_layers * seq_len * n_heads * head_dim); "
@@ -125,18 +123,16 @@ class JaxArm:
 
     def __init__(self, name: str, cfg: ExperimentConfig, mode: str, num_tasks: int = NUM_TASKS,
                  seed: int = 0):
-        import flax.linen as nn
         import jax
 
         from ifp_jax import sharding as shd
+        from ifp_jax.train.compiled import batch_layout, compile_train_step
         from ifp_jax.train.optim import make_optimizer
         from ifp_jax.train.state import build_model, create_state, state_layout
-        from ifp_jax.train.step import make_train_step
 
         self.name = name
         self.cfg = cfg = replace(cfg, pruning=replace(cfg.pruning, mode=mode))
         self.mesh = mesh = shd.make_mesh(cfg.mesh)
-        self.rules = shd.LOGICAL_RULES
         model = build_model(cfg)
         tx = make_optimizer(cfg.optimizer, cfg.train.steps)
         layout = state_layout(model, cfg, tx, mesh)
@@ -148,16 +144,12 @@ class JaxArm:
         self.n_predictor = int(sum(x.size for x in jax.tree_util.tree_leaves(
             self.state.params.get("predictor", {}))))
         host = synthetic_batch(cfg, num_tasks, seed)
-        step_fn = make_train_step(model, cfg, tx, num_tasks)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(self.rules):
-            shardings = {k: shd.batch_sharding(mesh, v.ndim) for k, v in host.items()}
-            self.batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
-                          for k, v in host.items()}
-            t0 = time.perf_counter()
-            jitted = jax.jit(step_fn, in_shardings=(layout.shardings, shardings),
-                             out_shardings=(layout.shardings, None), donate_argnums=0)
-            self.compiled = jitted.lower(self.state, self.batch).compile()
-            self.compile_s = time.perf_counter() - t0
+        specs = batch_layout(cfg, mesh)
+        self.batch = {k: jax.make_array_from_process_local_data(specs[k].sharding, v)
+                      for k, v in host.items()}
+        t0 = time.perf_counter()  # the step `ifp train` runs, compiled the same way
+        self.compiled = compile_train_step(model, cfg, tx, layout, mesh, num_tasks)
+        self.compile_s = time.perf_counter() - t0
         self._jax = jax
         self.last_sums = None
 
@@ -271,7 +263,7 @@ def run_train_bench(cfg: ExperimentConfig, *, steps: int = 5, warmup: int = 1, p
     _rounds(arms, warmup, "warm-up", peaks, log)
     _rounds(arms, steps, "timed", peaks, log)
 
-    flops = flops_per_step(cfg, dense.n_llm_matmul)
+    flops = flops_per_step(cfg)
     result.update({
         "llm_params": dense.n_llm, "llm_embedding_params": dense.n_llm_embedding,
         "llm_matmul_params": dense.n_llm_matmul, "predictor_params": ifp.n_predictor,

@@ -53,19 +53,26 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-        """Restores the newest readable step into `abstract_state`'s shardings, or None."""
+    def _newest_readable(self, args) -> tuple[int, Any] | None:
+        """(step, restored) of the newest step that restores with `args`; unreadable steps are
+        reported and skipped, never deleted."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, never deleted
+                return step, self.manager.restore(step, args=args)
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
                 print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
                       file=sys.stderr)
-                continue
-            return step, out["state"], dict(out["data"])
         return None
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """Restores the newest readable step into `abstract_state`'s shardings, or None."""
+        found = self._newest_readable(ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        if found is None:
+            return None
+        step, out = found
+        return step, out["state"], dict(out["data"])
 
     def restore_params(self, abstract_params: Any) -> tuple[int, Any] | None:
         """(step, params) of the newest readable step, reading only the `params` subtree."""
@@ -73,18 +80,11 @@ class Checkpointer:
         restore_args = jax.tree_util.tree_map(
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
                                            dtype=a.dtype), item)
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
-                                                 partial_restore=True)))
-            except Exception as e:  # noqa: BLE001 - as in restore_latest
-                print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
-                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
-                      file=sys.stderr)
-                continue
-            return step, out["state"]["params"]
-        return None
+        found = self._newest_readable(ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True)))
+        if found is None:
+            return None
+        return found[0], found[1]["state"]["params"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -53,19 +53,18 @@ def _ifp(*args: str, devices: int, log=None, **popen) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def _train_args(workdir: str, steps: int, mesh: str, extra=(), experiment="tiny_multiskill"
-                ) -> list[str]:
+def _train_args(workdir: str, steps: int, mesh: str, extra=()) -> list[str]:
     data, fsdp, tensor = mesh.split(",")
-    return ["train", experiment, "--workdir", workdir, *TINY, f"train.steps={steps}",
+    return ["train", "tiny_multiskill", "--workdir", workdir, *TINY, f"train.steps={steps}",
             "pruning.temperature_anneal_steps=9",
             f"mesh.data={data}", f"mesh.fsdp={fsdp}", f"mesh.tensor={tensor}", *extra]
 
 
 def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tmp_path,
-                   timeout: float = 600, experiment: str = "tiny_multiskill") -> None:
+                   timeout: float = 600) -> None:
     port = _free_port()
     logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(n)]
-    procs = [_ifp(*_train_args(workdir, steps, mesh, experiment=experiment),
+    procs = [_ifp(*_train_args(workdir, steps, mesh),
                   *([] if n == 1 else ["--coordinator", f"127.0.0.1:{port}",
                                        "--num-processes", str(n), "--process-id", str(i)]),
                   devices=devices, log=logs[i]) for i in range(n)]

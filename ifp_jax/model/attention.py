@@ -38,22 +38,26 @@ def xla_attention(q, k, v, mask):
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(seq_len: int, group: int):
+def _splash_kernel(seq_len: int, group: int, interpret: bool = False):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
     mask = sm.MultiHeadMask([sm.CausalMask((seq_len, seq_len)) for _ in range(group)])
     b = min(SPLASH_BLOCK, seq_len)
     sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
                           block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-    return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
+    return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                              interpret=interpret)
 
 
-def _splash_local(q, k, v, segment_ids):
-    """One shard: q [B, H, T, hd], k/v [B, Hkv, T, hd], segment_ids [B, T] -> [B, H, T, hd]."""
+def splash_local(q, k, v, segment_ids, interpret: bool = False):
+    """One shard: q [B, H, T, hd], k/v [B, Hkv, T, hd], segment_ids [B, T] -> [B, H, T, hd].
+
+    `interpret=True` runs the Pallas kernel in the interpreter (any backend; tests use it to
+    check the kernel against the xla path on CPU)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     b, h, t, d = q.shape
     hkv = k.shape[1]
-    kernel = _splash_kernel(t, h // hkv)
+    kernel = _splash_kernel(t, h // hkv, interpret)
     q = (q * (d ** -0.5)).reshape(b, hkv, h // hkv, t, d)
 
     def one_example(qe, ke, ve, se):  # qe [Hkv, G, T, hd], ke/ve [Hkv, T, hd]
@@ -70,7 +74,7 @@ def splash_attention(q, k, v, segment_ids):
     if mesh.empty:  # shape-only tracing outside a mesh (parameter init): any kernel will do
         return xla_attention(q, k, v, causal_segment_mask(segment_ids))
     spec = PartitionSpec(("data", "fsdp"), "tensor", None, None)
-    local = jax.shard_map(_splash_local, mesh=mesh, in_specs=(spec, spec, spec,
+    local = jax.shard_map(splash_local, mesh=mesh, in_specs=(spec, spec, spec,
                                                               PartitionSpec(("data", "fsdp"), None)),
                           out_specs=spec, check_vma=False)
     return tr(local(tr(q), tr(k), tr(v), segment_ids.astype(jnp.int32)))

@@ -96,6 +96,10 @@ def _join(kwargs: dict, init_timeout: int, heartbeat_timeout: int, what: str,
             raise _NoCluster() from None
         raise ConfigError(f"joining {what} failed: {str(e).splitlines()[0][:200]}") from None
     except Exception as e:  # noqa: BLE001 - XlaRuntimeError / DEADLINE_EXCEEDED, as one line
+        if detect and "must be called before" in str(e):
+            # JAX already runs in this process (ifp called from Python, e.g. tests or a
+            # notebook): too late to join a cluster, and no explicit job was asked for.
+            raise _NoCluster() from None
         first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ConfigError(
             f"joining {what} failed within {init_timeout}s ({first}); start every process with "

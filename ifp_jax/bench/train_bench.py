@@ -183,12 +183,10 @@ def _rounds(arms: list[_Timed], n: int, label: str, peaks: list, log: Callable) 
     for i in range(n):
         for peak in peaks:  # one more peak sample per round: the best one survives load drift
             peak.sample(repeats=1)
-        parts = []
         for timed in arms:
             s = timed.arm.step()
             if label == "timed":
                 timed.times.append(s)
-            parts.append(f"{timed.arm.name} {s:.3f}s")
             log(f"{label} step {i + 1}/{n}: {timed.arm.name} {s:.3f}s")
 
 

@@ -15,9 +15,7 @@ import json
 import os
 import socket
 
-import jax
-import numpy as np
-
+from ifp_jax import distributed
 from ifp_jax.config import ConfigError
 
 LOCK_FILE = ".lock"
@@ -30,15 +28,10 @@ class WorkdirLock:
 
     def acquire(self) -> None:
         """Takes the lock on process 0; raises ConfigError on every process if it is held."""
-        error = ""
-        if jax.process_index() == 0:
-            error = self._try_lock()
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            held = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
-            if int(held) and not error:
-                error = f"workdir {os.path.dirname(self.path)} is in use by another job (see " \
-                        f"process 0's message); use another --workdir"
+        distributed.on_primary(self._lock_or_raise)
+
+    def _lock_or_raise(self) -> None:
+        error = self._try_lock()
         if error:
             raise ConfigError(error)
 

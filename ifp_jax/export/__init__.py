@@ -1,0 +1,1 @@
+"""Export of pruned models: per-prompt / per-task selection, gathering, HF / orbax / GGUF writers."""

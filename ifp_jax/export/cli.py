@@ -1,0 +1,36 @@
+"""`ifp export`: registered on the `ifp` sub-parsers by ifp_jax/cli.py (add_parser)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ifp_jax.export.run import FORMATS
+
+
+def _cmd_export(args) -> None:
+    from ifp_jax.export.run import export_workdir
+    export_workdir(args.workdir, args.out, prompt=args.prompt, instruction=args.instruction,
+                   task=args.task, formats=tuple(args.format), eval_mask=args.eval_mask,
+                   overwrite=args.overwrite)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    e = subparsers.add_parser(
+        "export", help="the small dense model one prompt/instruction/task selects (HF, orbax, "
+                       "GGUF)",
+        description="Runs the run's predictor once on the text, keeps the top-k FFN units per "
+                    "layer (lambda folded into W_down for the lambda mask) and writes a small "
+                    "dense Llama to OUT/hf, OUT/orbax, OUT/gguf/model.gguf with OUT/export.json.")
+    e.add_argument("--workdir", required=True, help="a trained run (its latest checkpoint)")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", help="select for this user prompt")
+    which.add_argument("--instruction", help="select for this task instruction (per-task mask)")
+    which.add_argument("--task", help="select for this registered task's instruction text")
+    e.add_argument("--out", required=True, help="output directory (refused if it exists)")
+    e.add_argument("--format", nargs="+", choices=FORMATS, default=list(FORMATS),
+                   help="formats to write (default: all)")
+    e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None,
+                   help="0/1 top-k or lambda-scaled (default: the run's pruning.eval_mask)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    e.set_defaults(fn=_cmd_export)
+    return e

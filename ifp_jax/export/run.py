@@ -1,0 +1,141 @@
+"""`ifp export`: one selection -> a small dense model in the HF, orbax and GGUF formats.
+
+    OUT/hf/         config.json + model.safetensors + tokenizer files (transformers loads it)
+    OUT/orbax/      ifp_model.json + params/ (ifp_jax / tensorstore; `ifp generate --model`)
+    OUT/gguf/model.gguf   llama.cpp
+    OUT/export.json the metadata every format also carries
+
+Selection text: --prompt (a user prompt, read as the predictor reads training prompts),
+--instruction (a hand-written task instruction: PAPER.md's per-task mode), or --task NAME (that
+task's registered instruction text: for the embedded skills, the first wording of the skill).
+The output is written into a temporary sibling directory and moved into place when complete,
+so a failure never leaves a half-written export, and an existing OUT is replaced only with
+--overwrite (after the new one is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from ifp_jax.config import ConfigError
+
+FORMATS = ("hf", "orbax", "gguf")
+
+
+def task_instruction(task: str) -> str:
+    """The hand-written instruction of a registered task (embedded skills: first wording)."""
+    from ifp_jax.data import skills
+    from ifp_jax.data.tasks import SKILL_PREFIX
+    name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
+    if name in skills.SKILLS:
+        return skills.SKILLS[name].wordings[0]
+    known = ", ".join(SKILL_PREFIX + s for s in skills.SKILLS)
+    raise ConfigError(f"task '{task}' has no registered instruction text (known: {known}); "
+                      f"pass its instruction with --instruction TEXT")
+
+
+def _check_out(out: str, overwrite: bool) -> str:
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
+    return out
+
+
+def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
+                   instruction: str | None = None, task: str | None = None,
+                   formats: tuple[str, ...] = FORMATS, eval_mask: str | None = None,
+                   overwrite: bool = False, log=print) -> dict:
+    """Selects units for the given text with the run's predictor and writes the small model.
+
+    Returns the metadata dict (also written to OUT/export.json)."""
+    given = [x for x in (prompt, instruction, task) if x is not None]
+    if len(given) != 1:
+        raise ConfigError("pass exactly one of --prompt, --instruction, --task")
+    if any(f not in FORMATS for f in formats):
+        raise ConfigError(f"--format must be among {', '.join(FORMATS)}")
+    out = _check_out(out, overwrite)
+    text, kind = ((prompt, "prompt") if prompt is not None else
+                  (instruction, "instruction") if instruction is not None else
+                  (task_instruction(task), "task"))
+    if not text or not text.strip():
+        raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
+
+    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.export import manifest
+    from ifp_jax.export.selection import predictor_tokens, select_units
+    from ifp_jax.export.small_model import gather_small_decoder, to_host
+    from ifp_jax.train import checkpoint as ckpt_lib
+    from ifp_jax.train.state import build_model, params_layout
+    from ifp_jax import sharding as shd
+
+    cfg = ckpt_lib.load_workdir_config(workdir)
+    model = build_model(cfg)
+    mesh = shd.make_mesh(cfg.mesh)
+    step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
+    tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), text,
+                              cfg.predictor.max_prompt_len)
+    selection = select_units(model, params, cfg, tokens, eval_mask)
+    fold = selection.scale if selection.eval_mask == "lambda" else None
+    small, small_cfg = gather_small_decoder(to_host(params["decoder"]), cfg.model,
+                                            selection.keep_idx, fold)
+    small = to_host(small)
+    meta = manifest.export_metadata(
+        source_workdir=os.path.abspath(workdir), source_step=step, selection=selection,
+        text=text, text_kind=kind, task=task, params_hash=manifest.content_hash(small))
+
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".ifp-export-", dir=parent)
+    try:
+        write_formats(tmp, small_cfg, small, cfg.data.vocabulary, meta, formats)
+        with open(os.path.join(tmp, "export.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.exists(out):  # --overwrite: the old export goes only once the new is whole
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"[ifp] exported {workdir} @ step {step} ({selection.mode}, {selection.eval_mask} mask, "
+        f"k={small_cfg.d_ffn} of {cfg.model.d_ffn} units/layer) for {kind} {text!r} -> {out} "
+        f"[{', '.join(formats)}] hash {meta['content_hash'][:12]}")
+    return meta
+
+
+def write_formats(out: str, cfg, params: dict, vocabulary: str, meta: dict,
+                  formats: tuple[str, ...]) -> None:
+    """Writes the small dense model `params` (numpy, our layout) in each requested format."""
+    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.hf import weights as hf_weights
+    vocab = get_light_vocabulary(vocabulary)
+    hf_config = hf_weights.hf_config_from_model_config(
+        cfg, bos_token_id=None, eos_token_id=vocab.eos_id, pad_token_id=0)
+    tensors = hf_weights.hf_from_params(params, cfg) if {"hf", "gguf"} & set(formats) else None
+    if "orbax" in formats:
+        from ifp_jax.export.orbax_io import save_exported
+        save_exported(os.path.join(out, "orbax"), cfg, params, vocabulary, meta)
+    if "hf" in formats:
+        from ifp_jax.export.tokenizer_files import write_hf_tokenizer
+        hf_dir = os.path.join(out, "hf")
+        hf_weights.write_hf_checkpoint(hf_dir, hf_config, tensors)
+        write_hf_tokenizer(hf_dir, vocabulary, cfg.max_len)
+        with open(os.path.join(hf_dir, "ifp_export.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+    if "gguf" in formats:
+        from ifp_jax.export.gguf_writer import write_gguf
+        os.makedirs(os.path.join(out, "gguf"), exist_ok=True)
+        write_gguf(os.path.join(out, "gguf", "model.gguf"), hf_config, tensors,
+                   _gguf_tokenizer(vocabulary), meta)
+
+
+def _gguf_tokenizer(vocabulary: str) -> str:
+    if vocabulary == "byte":
+        return "byte"
+    if vocabulary.endswith(".model"):
+        raise ConfigError("GGUF export of a SentencePiece vocabulary is not supported yet; "
+                          "export --format hf orbax, or train with a tokenizer.json vocabulary")
+    return vocabulary if vocabulary.endswith(".json") else os.path.join(vocabulary,
+                                                                        "tokenizer.json")

@@ -1,0 +1,77 @@
+"""Which FFN units a prompt (or a task's instruction) keeps: the predictor runs once.
+
+`select_units` returns, per layer, the k kept unit indices (ascending) and their scales: 1 for
+the 0/1 mask, lambda for the lambda mask (folded into the rows of W_down on export, so the small
+dense model computes exactly what the masked model computes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.model.ifp import IFPModel
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    keep_idx: np.ndarray  # [L, k] int32, ascending per layer
+    scale: np.ndarray  # [L, k] f32: 1 (hard mask) or lambda (lambda mask)
+    mode: str  # the pruning mode that chose it (soft / hard / static / dense)
+    eval_mask: str  # 'hard' or 'lambda'
+
+    def dense_mask(self, d_ffn: int) -> np.ndarray:
+        """[L, F] f32: scale at the kept units, 0 elsewhere (what the masked LLM multiplies by)."""
+        out = np.zeros((self.keep_idx.shape[0], d_ffn), np.float32)
+        np.put_along_axis(out, self.keep_idx, self.scale, axis=1)
+        return out
+
+
+def predictor_tokens(vocab, text: str, max_len: int) -> np.ndarray:
+    """Prompt text -> [1, P] int32 as the data pipeline builds it (no EOS; a longer prompt keeps
+    its last P tokens; right-padded with 0)."""
+    ids = list(vocab.encode(text))
+    if not ids:
+        raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
+    ids = ids[-max_len:]
+    out = np.zeros((1, max_len), np.int32)
+    out[0, :len(ids)] = ids
+    return out
+
+
+def select_units(model: IFPModel, params, cfg: ExperimentConfig, tokens: np.ndarray,
+                 eval_mask: str | None = None) -> Selection:
+    """Runs the run's selection once on predictor `tokens` [1, P] -> Selection.
+
+    Mode 'dense' keeps every unit (the whole source model is exported).
+    """
+    mode, eval_mask = cfg.pruning.mode, eval_mask or cfg.pruning.eval_mask
+    f, n_layers = cfg.model.d_ffn, cfg.model.n_layers
+    if mode == "dense":
+        idx = np.broadcast_to(np.arange(f, dtype=np.int32), (n_layers, f)).copy()
+        return Selection(idx, np.ones((n_layers, f), np.float32), mode, "hard")
+    if mode == "given":
+        raise ConfigError("a run in pruning.mode=given has no selection of its own; export a "
+                          "run trained in soft, hard or static mode")
+    pruning = dataclasses.replace(cfg.pruning, eval_mask=eval_mask)
+    sel_model = IFPModel(cfg.model, cfg.predictor, pruning, model.dtype)
+    batch = {"predictor_tokens": jnp.asarray(tokens),
+             "decoder_input_tokens": jnp.zeros((1, 1), jnp.int32)}
+
+    @jax.jit
+    def run(p, b):
+        mask, _, _ = sel_model.apply({"params": p}, b, mode=mode,
+                                     temperature=cfg.pruning.temperature_end, train=False,
+                                     method=IFPModel.select)
+        # The kept units are the mask's k nonzero entries per layer (top-k of lambda, or of the
+        # scores in hard mode); a kept unit whose lambda underflowed to 0 stays, with scale 0.
+        _, idx = jax.lax.top_k((mask[0] != 0).astype(jnp.float32), cfg.pruning.keep_k)
+        idx = jnp.sort(idx, axis=-1)
+        return idx, jnp.take_along_axis(mask[0], idx, axis=-1)
+
+    idx, scale = jax.device_get(run(params, batch))
+    return Selection(np.asarray(idx, np.int32), np.asarray(scale, np.float32), mode, eval_mask)

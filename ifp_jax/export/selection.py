@@ -43,35 +43,49 @@ def predictor_tokens(vocab, text: str, max_len: int) -> np.ndarray:
     return out
 
 
+class Selector:
+    """The run's selection as one jitted function, compiled once and reused for every text."""
+
+    def __init__(self, model: IFPModel, cfg: ExperimentConfig, eval_mask: str | None = None):
+        self.cfg, self.mode = cfg, cfg.pruning.mode
+        self.eval_mask = eval_mask or cfg.pruning.eval_mask
+        if self.mode == "given":
+            raise ConfigError("a run in pruning.mode=given has no selection of its own; export "
+                              "a run trained in soft, hard or static mode")
+        pruning = dataclasses.replace(cfg.pruning, eval_mask=self.eval_mask)
+        sel_model = IFPModel(cfg.model, cfg.predictor, pruning, model.dtype)
+        k, temperature = cfg.pruning.keep_k, cfg.pruning.temperature_end
+
+        def run(params, tokens):
+            batch = {"predictor_tokens": tokens,
+                     "decoder_input_tokens": jnp.zeros((1, 1), jnp.int32)}
+            mask, _, _ = sel_model.apply({"params": params}, batch, mode=self.mode,
+                                         temperature=temperature, train=False,
+                                         method=IFPModel.select)
+            # The kept units are the mask's k nonzero entries per layer (top-k of lambda, or
+            # of the scores in hard mode); a kept unit whose lambda underflowed to 0 stays,
+            # with scale 0.
+            _, idx = jax.lax.top_k((mask[0] != 0).astype(jnp.float32), k)
+            idx = jnp.sort(idx, axis=-1)
+            return idx, jnp.take_along_axis(mask[0], idx, axis=-1)
+
+        self._run = jax.jit(run)
+
+    def __call__(self, params, tokens: np.ndarray) -> Selection:
+        """params: IFPModel params; tokens [1, P] (`predictor_tokens`) -> Selection."""
+        f, n_layers = self.cfg.model.d_ffn, self.cfg.model.n_layers
+        if self.mode == "dense":  # the whole source model
+            idx = np.broadcast_to(np.arange(f, dtype=np.int32), (n_layers, f)).copy()
+            return Selection(idx, np.ones((n_layers, f), np.float32), self.mode, "hard")
+        idx, scale = jax.device_get(self._run(params, jnp.asarray(tokens)))
+        return Selection(np.asarray(idx, np.int32), np.asarray(scale, np.float32), self.mode,
+                         self.eval_mask)
+
+
 def select_units(model: IFPModel, params, cfg: ExperimentConfig, tokens: np.ndarray,
                  eval_mask: str | None = None) -> Selection:
     """Runs the run's selection once on predictor `tokens` [1, P] -> Selection.
 
     Mode 'dense' keeps every unit (the whole source model is exported).
     """
-    mode, eval_mask = cfg.pruning.mode, eval_mask or cfg.pruning.eval_mask
-    f, n_layers = cfg.model.d_ffn, cfg.model.n_layers
-    if mode == "dense":
-        idx = np.broadcast_to(np.arange(f, dtype=np.int32), (n_layers, f)).copy()
-        return Selection(idx, np.ones((n_layers, f), np.float32), mode, "hard")
-    if mode == "given":
-        raise ConfigError("a run in pruning.mode=given has no selection of its own; export a "
-                          "run trained in soft, hard or static mode")
-    pruning = dataclasses.replace(cfg.pruning, eval_mask=eval_mask)
-    sel_model = IFPModel(cfg.model, cfg.predictor, pruning, model.dtype)
-    batch = {"predictor_tokens": jnp.asarray(tokens),
-             "decoder_input_tokens": jnp.zeros((1, 1), jnp.int32)}
-
-    @jax.jit
-    def run(p, b):
-        mask, _, _ = sel_model.apply({"params": p}, b, mode=mode,
-                                     temperature=cfg.pruning.temperature_end, train=False,
-                                     method=IFPModel.select)
-        # The kept units are the mask's k nonzero entries per layer (top-k of lambda, or of the
-        # scores in hard mode); a kept unit whose lambda underflowed to 0 stays, with scale 0.
-        _, idx = jax.lax.top_k((mask[0] != 0).astype(jnp.float32), cfg.pruning.keep_k)
-        idx = jnp.sort(idx, axis=-1)
-        return idx, jnp.take_along_axis(mask[0], idx, axis=-1)
-
-    idx, scale = jax.device_get(run(params, batch))
-    return Selection(np.asarray(idx, np.int32), np.asarray(scale, np.float32), mode, eval_mask)
+    return Selector(model, cfg, eval_mask)(params, tokens)

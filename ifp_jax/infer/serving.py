@@ -1,0 +1,93 @@
+"""The serving path of PAPER.md §7, each step timed: selection -> loading -> generation.
+
+  selection  the predictor reads the prompt once and picks k FFN units per layer
+  loading    the kept rows/columns are gathered into a small dense model (lambda folded into
+             W_down), on device; cached by the selection's hash, so a repeated task (the same
+             instruction, hence the same mask) skips it
+  generation prefill + KV-cache decode of the small dense model (infer/generate.py)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ifp_jax.config import ExperimentConfig
+from ifp_jax.export.selection import Selection, Selector, predictor_tokens
+from ifp_jax.export.small_model import gather_small_decoder
+from ifp_jax.infer.kv_decoder import inference_params
+
+
+def selection_hash(sel: Selection) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(sel.keep_idx).tobytes())
+    h.update(np.ascontiguousarray(sel.scale).tobytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class Timings:
+    selection_s: float = 0.0
+    loading_s: float = 0.0
+    cache_hit: bool = False
+
+
+class PrunedServer:
+    """One trained IFP run served prompt by prompt. `prepare(text)` -> (small params, small
+    ModelConfig, Timings); generation is the caller's (any infer/generate.py entry point)."""
+
+    def __init__(self, model, params: Any, cfg: ExperimentConfig, predictor_vocab,
+                 eval_mask: str | None = None, cache_size: int = 8):
+        if cfg.pruning.mode not in ("soft", "hard", "static"):
+            raise ValueError(f"serving needs a run that selects units (pruning.mode soft, hard "
+                             f"or static), not {cfg.pruning.mode!r}")
+        self.cfg, self.params, self.vocab = cfg, params, predictor_vocab
+        self.selector = Selector(model, cfg, eval_mask)
+        self.small_cfg = dataclasses.replace(cfg.model, d_ffn=cfg.pruning.keep_k)
+        fold = self.selector.eval_mask == "lambda"
+        mc = cfg.model
+
+        def load(decoder_params, idx, scale):
+            small, _ = gather_small_decoder(decoder_params, mc, idx, scale if fold else None)
+            return inference_params(small, self.small_cfg)
+
+        self._load = jax.jit(load)
+        self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.cache_size = cache_size
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def load(self, sel: Selection) -> tuple[Any, bool]:
+        """Small model params for a selection (LRU cache by its hash) and whether it was cached."""
+        key = selection_hash(sel)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key], True
+        small = self._load(self.params["decoder"], jnp.asarray(sel.keep_idx),
+                           jnp.asarray(sel.scale))
+        jax.block_until_ready(small)
+        self._cache[key] = small
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return small, False
+
+    def prepare(self, text: str):
+        """text -> (small inference params, small ModelConfig, Timings of both steps)."""
+        return self.prepare_tokens(
+            predictor_tokens(self.vocab, text, self.cfg.predictor.max_prompt_len))
+
+    def prepare_tokens(self, tokens: np.ndarray):
+        """predictor tokens [1, P] -> as `prepare`."""
+        t0 = time.perf_counter()
+        sel = self.selector(self.params, tokens)
+        t1 = time.perf_counter()
+        small, hit = self.load(sel)
+        t2 = time.perf_counter()
+        return small, self.small_cfg, Timings(t1 - t0, t2 - t1, hit)

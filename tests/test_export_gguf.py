@@ -136,18 +136,25 @@ def _train(model, trainer, pre=None):
     return tok
 
 
-def test_bpe_tokenizer_json_round_trips_tokens_and_merges(tmp_path):
-    from tokenizers import models, pre_tokenizers, trainers
+def _bpe_gguf(tmp_path):
+    """A GPT-2-style byte-level BPE tokenizer.json trained offline, and a GGUF using it."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     tok = _train(models.BPE(), trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
         pre_tokenizers.ByteLevel(add_prefix_space=False))
+    tok.decoder = decoders.ByteLevel()
     tok_path = str(tmp_path / "tokenizer.json")
     tok.save(tok_path)
     _, cfg, sd = tiny_llama(False, vocab_size=320)
     cfg.update(bos_token_id=2, eos_token_id=1, pad_token_id=0)
     path = str(tmp_path / "m.gguf")
     write_gguf(path, cfg, sd, tok_path, META)
+    return tok, tok_path, sd, path
+
+
+def test_bpe_tokenizer_json_round_trips_tokens_and_merges(tmp_path):
+    tok, tok_path, sd, path = _bpe_gguf(tmp_path)
     got_cfg, tensors, _, tokens = read_gguf(path)
 
     vocab = tok.get_vocab()
@@ -271,10 +278,15 @@ def test_llama_cpp_runs_the_gguf_like_transformers(tmp_path):
     llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_batch=64, logits_all=True, verbose=False,
                           n_threads=1, type_k=f32, type_v=f32, seed=0)
 
+    # Spaces, control bytes, multi-byte UTF-8 and texts of our special / byte tokens.
+    for text in (b"  two  spaces", "tab\tnew\nline caf\u00e9 \U0001f999 </s> <0x41> <pad>".encode(),
+                 bytes(range(1, 128))):
+        ids = [b + 3 for b in text]
+        assert llm.tokenize(text, add_bos=False, special=False) == ids, text
+        assert llm.detokenize(ids) == text
     text = b"some text with spaces"
     ids = [b + 3 for b in text]
     assert llm.tokenize(text, add_bos=False, special=False) == ids
-    assert llm.detokenize(ids) == text
 
     llm.eval(ids)
     got = np.array(llm.scores[:len(ids)])
@@ -294,3 +306,15 @@ def test_llama_cpp_runs_the_gguf_like_transformers(tmp_path):
         with torch.no_grad():
             hf_seq.append(int(model(torch.tensor([hf_seq])).logits[0, -1].argmax()))
     assert seq == hf_seq
+    print(f"greedy continuation (8 tokens, equal): {seq[len(ids):]}")
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_the_bpe_gguf_like_tokenizers(tmp_path):
+    llama_cpp = _llama_cpp()
+    tok, _, _, path = _bpe_gguf(tmp_path)
+    llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    for text in ("the quick brown fox", "hello  world,\nI've 12345 gguf!", "caf\u00e9 \U0001f999 x"):
+        want = tok.encode(text).ids
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == want, text
+        assert llm.detokenize(want) == text.encode()

@@ -1,4 +1,5 @@
-"""Vocabularies by name: 'byte' or a SentencePiece model path (LLM and predictor may differ)."""
+"""Vocabularies by name: 'byte', a SentencePiece model path or a Hugging Face tokenizer.json
+(LLM and predictor may differ)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,35 @@ from ifp_jax.data.errors import DataError
 
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(spec: str) -> seqio.Vocabulary:
-    """'byte' -> seqio.ByteVocabulary (pad 0, eos 1, unk 2, 259 ids); else a SentencePiece path.
+    """The vocabulary named by `spec`:
+      'byte'                                 seqio.ByteVocabulary (pad 0, eos 1, unk 2, 259 ids)
+      a *.json file, or a directory holding tokenizer.json
+                                             hf.tokenizer.HFTokenizerVocabulary
+      any other file                         seqio.SentencePieceVocabulary
 
-    Cached so that every task sharing a spec shares one vocabulary object (SentencePiece models
-    are loaded once per process).
+    Cached so that every task sharing a spec shares one vocabulary object (models and
+    tokenizers are loaded once per process).
     """
     if spec == "byte":
         return seqio.ByteVocabulary()
     path = os.path.expanduser(spec)
+    if ((path.endswith(".json") and os.path.isfile(path))
+            or os.path.isfile(os.path.join(path, "tokenizer.json"))):
+        from ifp_jax.hf.tokenizer import HFTokenizerVocabulary  # tokenizers only when used
+        return HFTokenizerVocabulary(path)
     if not os.path.isfile(path):
-        raise DataError(f"vocabulary '{spec}' is neither 'byte' nor an existing SentencePiece "
-                        f"model file; set data.vocabulary / data.predictor_vocabulary to 'byte' "
-                        f"or a .model path")
+        raise DataError(f"vocabulary '{spec}' is not 'byte', a SentencePiece .model file, a "
+                        f"tokenizer.json or a directory holding one; set data.vocabulary / "
+                        f"data.predictor_vocabulary to one of those")
     return seqio.SentencePieceVocabulary(path)
 
 
-def check_vocab_fits(spec: str, model_vocab_size: int, key: str, model_key: str) -> None:
-    """An id >= the embedding's vocab_size would be clamped silently by the lookup: refuse it."""
+def check_vocab_fits(spec: str, model_vocab_size: int, key: str, model_key: str,
+                     fix: str | None = None) -> None:
+    """An id >= the embedding's vocab_size would be clamped silently by the lookup: refuse it.
+
+    The error ends with `fix`, by default 'set <model_key>=<ids>'."""
     n = get_vocabulary(spec).vocab_size
     if n > model_vocab_size:
         raise DataError(f"{key}='{spec}' has {n} ids but {model_key}={model_vocab_size}; "
-                        f"set {model_key}={n}")
+                        f"{fix or f'set {model_key}={n}'}")

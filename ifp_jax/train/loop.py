@@ -21,6 +21,7 @@ from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.data import vocab as vocab_lib
+from ifp_jax.hf import imported
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
@@ -46,29 +47,43 @@ def _graft(params: dict, source: dict, key: str, origin: str) -> dict:
     return {**params, key: source[key]}
 
 
-def _source_params(workdir: str, mesh) -> dict:
-    """Params only (no optimizer state) of another run's latest checkpoint, on `mesh`."""
+def _source_params(workdir: str, mesh, like: Any = None) -> dict:
+    """Params only (no optimizer state) of another run's latest checkpoint, on `mesh`; for an
+    `ifp import-hf` dir, its decoder params placed like the decoder tree `like`."""
+    if imported.is_import_dir(workdir):
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+        return imported.restore_import_params(workdir, abstract)
     src_cfg = ckpt_lib.load_workdir_config(workdir)
     abstract = params_layout(build_model(src_cfg), src_cfg, mesh)
     return ckpt_lib.restore_latest_params(workdir, abstract, hint="train that stage first")[1]
 
 
 def _stage_init(cfg: ExperimentConfig, mesh):
-    """params_override for create_state: LLM and/or predictor from other runs (params only)."""
+    """params_override for create_state: LLM and/or predictor from other runs (params only)
+    or from import dirs (the LLM, or the predictor's backbone; its head stays fresh)."""
     if not (cfg.train.init_llm_from or cfg.train.init_predictor_from):
         return None
 
     def override(params):
         if cfg.train.init_llm_from:
-            src = _source_params(cfg.train.init_llm_from, mesh)
-            params = _graft(params, src, "decoder", f"train.init_llm_from={cfg.train.init_llm_from}")
-            print_primary(f"[ifp] LLM initialised from {cfg.train.init_llm_from}")
+            path, origin = cfg.train.init_llm_from, f"train.init_llm_from={cfg.train.init_llm_from}"
+            src = ({"decoder": _source_params(path, mesh, params["decoder"])}
+                   if imported.is_import_dir(path) else _source_params(path, mesh))
+            params = _graft(params, src, "decoder", origin)
+            print_primary(f"[ifp] LLM initialised from {path}")
         if cfg.train.init_predictor_from:
-            src = _source_params(cfg.train.init_predictor_from, mesh)
-            origin = f"train.init_predictor_from={cfg.train.init_predictor_from}"
-            params = _graft(params, src, "predictor", origin)
-            params = _graft(params, src, "static_scores", origin)
-            print_primary(f"[ifp] predictor initialised from {cfg.train.init_predictor_from}")
+            path = cfg.train.init_predictor_from
+            origin = f"train.init_predictor_from={path}"
+            if imported.is_import_dir(path):
+                backbone = _source_params(path, mesh, params["predictor"]["backbone"])
+                params = {**params, "predictor": _graft(params["predictor"],
+                                                        {"backbone": backbone}, "backbone", origin)}
+            else:
+                src = _source_params(path, mesh)
+                params = _graft(params, src, "predictor", origin)
+                params = _graft(params, src, "static_scores", origin)
+            print_primary(f"[ifp] predictor initialised from {path}")
         return params
 
     return override
@@ -106,6 +121,7 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
     `hooks` run besides the built-in logging and checkpointing (e.g. eval/hook.py's
     EvaluateHeldOut, train/hooks.py's Profile). Returns the final state.
     """
+    cfg = imported.adopt_imports(cfg)  # import dirs dictate the architecture (and config.json)
     vocab_lib.check_vocab_fits(cfg.data.vocabulary, cfg.model.vocab_size, "data.vocabulary",
                                "model.vocab_size")
     vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,

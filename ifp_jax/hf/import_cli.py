@@ -1,0 +1,110 @@
+"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]`.
+
+Converts a Hugging Face Llama checkpoint directory (config.json + safetensors, optional
+tokenizer.json) into an import directory (layout: hf/imported.py) that train.init_llm_from /
+train.init_predictor_from accept. Everything is read and checked before DIR is touched; DIR is
+written beside itself and renamed into place, so a failed import leaves no partial directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import orbax.checkpoint as ocp
+
+from ifp_jax import config as config_lib
+from ifp_jax.config import ConfigError
+from ifp_jax.data.errors import DataError
+from ifp_jax.hf.imported import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
+from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
+
+# Copied beside tokenizer.json: they name the special tokens (hf/tokenizer.py reads them).
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {out} exists; pass --overwrite to replace it (nothing was "
+                          f"changed)")
+    # --overwrite replaces an earlier import only: a mistyped --out must not delete a project.
+    if not (is_import_dir(out) or (os.path.isdir(out) and not os.listdir(out))):
+        raise ConfigError(f"--out {out} is not an `ifp import-hf` directory; refusing to replace "
+                          f"it even with --overwrite (choose another --out)")
+
+
+def _check_tokenizer(path: str, vocab_size: int) -> None:
+    from ifp_jax.hf.tokenizer import HFTokenizerVocabulary  # TensorFlow only when needed
+    n = HFTokenizerVocabulary(path).vocab_size
+    if n > vocab_size:
+        raise DataError(f"{path} has {n} ids but config.json vocab_size={vocab_size}: the model "
+                        f"cannot embed ids >= {vocab_size}; import a checkpoint whose tokenizer "
+                        f"fits its embedding")
+
+
+def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False) -> dict:
+    """Writes the import directory `out` from the HF checkpoint `src`; returns its metadata."""
+    src, out = (os.path.abspath(os.path.expanduser(p)) for p in (src, out))
+    if kind not in KINDS:
+        raise ConfigError(f"--as {kind!r} is not one of {list(KINDS)}")
+    _check_out(out, overwrite)
+    hf_config, tensors = read_hf_checkpoint(src)
+    cfg = model_config_from_hf(hf_config)
+    n_params = sum(t.size for t in tensors.values())
+    params = params_from_hf(tensors, cfg)
+    del tensors
+    tokenizer = os.path.join(src, TOKENIZER_FILE)
+    has_tokenizer = os.path.isfile(tokenizer)
+    if has_tokenizer:
+        _check_tokenizer(tokenizer, cfg.vocab_size)
+    meta = {"kind": kind, "model": config_lib.to_dict(cfg), "source": src,
+            "vocabulary": os.path.join(out, TOKENIZER_FILE) if has_tokenizer else "byte",
+            "hf_config": hf_config}
+
+    tmp = f"{out}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        ocp.PyTreeCheckpointer().save(os.path.join(tmp, PARAMS_DIR),
+                                      args=ocp.args.PyTreeSave(params))
+        if has_tokenizer:
+            for name in (TOKENIZER_FILE,) + TOKENIZER_SIDE_FILES:
+                if os.path.isfile(os.path.join(src, name)):
+                    shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+        with open(os.path.join(tmp, IMPORT_FILE), "w") as f:  # last: marks a complete import
+            json.dump(meta, f, indent=2, sort_keys=True)
+        if os.path.lexists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[ifp] imported {src} as {kind}: {n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "
+          f"d_model {cfg.d_model}, d_ffn {cfg.d_ffn}, vocab {cfg.vocab_size} "
+          f"({'tokenizer.json' if has_tokenizer else 'byte vocabulary: no tokenizer.json'}) "
+          f"-> {out}")
+    return meta
+
+
+def _cmd_import_hf(args) -> None:
+    import_hf(args.src, args.out, kind=args.kind, overwrite=args.overwrite)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers `import-hf` on the `ifp` sub-parsers."""
+    p = subparsers.add_parser(
+        "import-hf", help="import a Hugging Face Llama checkpoint for train.init_*_from",
+        description="Reads SRC (config.json + model.safetensors or sharded safetensors, "
+                    "optional tokenizer.json) and writes DIR, usable as train.init_llm_from "
+                    "(--as llm) or train.init_predictor_from (either kind); the experiment then "
+                    "takes the model's architecture and tokenizer from DIR.")
+    p.add_argument("src", metavar="SRC", help="a Hugging Face model directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="the import directory to write")
+    p.add_argument("--as", dest="kind", choices=KINDS, default="llm",
+                   help="what the model will initialise (default llm)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import at DIR")
+    p.set_defaults(fn=_cmd_import_hf)
+    return p

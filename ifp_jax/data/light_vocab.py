@@ -33,10 +33,9 @@ class LightVocabulary:
             raise DataError(f"vocabulary '{spec}' is neither 'byte' nor an existing SentencePiece "
                             f"model or tokenizer.json; set data.vocabulary to one of those")
         if path.endswith(".json"):
-            from ifp_jax.hf.tokenizer import HFTokenizerVocabulary
-            hf = HFTokenizerVocabulary(path)
-            self.kind, self._tok = "hf", hf.tokenizer
-            self.eos_id, self.vocab_size = hf.eos_id, hf.vocab_size
+            from ifp_jax.hf.tokenizer_file import HFTokenizerFile
+            self.kind, self._hf = "hf", HFTokenizerFile(path)
+            self.eos_id, self.vocab_size = self._hf.eos_id, self._hf.size
         else:
             import sentencepiece as spm
             self.kind, self._sp = "spm", spm.SentencePieceProcessor(model_file=path)
@@ -46,7 +45,7 @@ class LightVocabulary:
         if self.kind == "byte":
             return [b + BYTE_OFFSET for b in text.encode("utf-8")]
         if self.kind == "hf":
-            return list(self._tok.encode(text, add_special_tokens=False).ids)
+            return list(self._hf.encode(text))
         return list(self._sp.encode(text))
 
     def decode(self, ids) -> str:
@@ -55,7 +54,7 @@ class LightVocabulary:
             return bytes(i - BYTE_OFFSET for i in ids
                          if BYTE_OFFSET <= i < 256 + BYTE_OFFSET).decode("utf-8", errors="ignore")
         if self.kind == "hf":
-            return self._tok.decode(ids, skip_special_tokens=True)
+            return self._hf.decode(ids)
         return self._sp.decode(ids)
 
 

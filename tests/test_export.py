@@ -1,0 +1,170 @@
+"""`ifp export`: the small dense model of one selection, in HF / orbax / GGUF, equals the masked
+model it came from (transformers as the independent reference for the HF files)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ifp_jax import sharding as shd
+from ifp_jax.config import ConfigError
+from ifp_jax.data.light_vocab import get_light_vocabulary
+from ifp_jax.export.orbax_io import load_exported
+from ifp_jax.export.run import export_workdir
+from ifp_jax.export.selection import Selection
+from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.train.loop import train
+from ifp_jax.train.state import build_model, params_layout
+from tests.helpers import tiny_config
+
+PROMPT = "reverse abcde ="
+TOL = 1e-4  # f32 logits of a 2-layer d=32 model: exact folding leaves ~1e-6
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A short IFP run (soft mode, lambda eval mask) to export from, with its params."""
+    workdir = str(tmp_path_factory.mktemp("export_src"))
+    cfg = tiny_config(name="test_export", steps=6, mixture="ifp_multiskill")
+    train(cfg, workdir)
+    model = build_model(cfg)
+    step, params = ckpt_lib.restore_latest_params(
+        workdir, params_layout(model, cfg, shd.make_mesh(cfg.mesh)))
+    return cfg, workdir, model, jax.device_get(params)
+
+
+@pytest.fixture(scope="module", params=["lambda", "hard"])
+def exported(run, request, tmp_path_factory):
+    cfg, workdir, model, params = run
+    out = str(tmp_path_factory.mktemp("exp") / request.param)
+    meta = export_workdir(workdir, out, prompt=PROMPT, eval_mask=request.param, log=lambda m: None)
+    return request.param, out, meta
+
+
+def _masked_logits(model, params, mask_lf, tokens):
+    batch = {"predictor_tokens": jnp.ones((tokens.shape[0], 4), jnp.int32),
+             "decoder_input_tokens": jnp.asarray(tokens)}
+    mask = jnp.broadcast_to(jnp.asarray(mask_lf), (tokens.shape[0],) + mask_lf.shape)
+    return np.asarray(model.apply({"params": params}, batch, mode="given",
+                                  given_mask=mask).logits)
+
+
+def _tokens(cfg, n=2, t=12, seed=0):
+    return np.random.default_rng(seed).integers(3, cfg.model.vocab_size, (n, t)).astype(np.int32)
+
+
+def test_metadata_names_the_selection(run, exported):
+    cfg, workdir, _, _ = run
+    eval_mask, out, meta = exported
+    with open(os.path.join(out, "export.json")) as f:
+        assert json.load(f) == meta
+    assert meta["text"] == PROMPT and meta["selected_by"] == "prompt"
+    assert meta["source_workdir"] == os.path.abspath(workdir) and meta["source_step"] == 6
+    idx = np.asarray(meta["kept_units"])
+    assert idx.shape == (cfg.model.n_layers, cfg.pruning.keep_k)
+    assert all(np.all(np.diff(row) > 0) for row in idx)  # ascending, distinct
+    assert meta["eval_mask"] == eval_mask and len(meta["content_hash"]) == 64
+
+
+def test_orbax_export_is_the_gathered_masked_model(run, exported):
+    """The orbax small model reproduces the masked model's logits, and reloads exactly."""
+    cfg, _, model, params = run
+    eval_mask, out, meta = exported
+    small_cfg, small, vocab = load_exported(out)
+    assert small_cfg.d_ffn == cfg.pruning.keep_k and vocab == "byte"
+    from ifp_jax.export.manifest import content_hash
+    assert content_hash(small) == meta["content_hash"]  # identical params after the round trip
+    # The mask the masked model multiplies by: recompute the selection independently.
+    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.export.selection import predictor_tokens, select_units
+    sel = select_units(model, params, cfg, predictor_tokens(
+        get_light_vocabulary("byte"), PROMPT, cfg.predictor.max_prompt_len), eval_mask)
+    np.testing.assert_array_equal(sel.keep_idx, np.asarray(meta["kept_units"]))
+    if eval_mask == "hard":
+        np.testing.assert_array_equal(sel.scale, 1.0)
+    tokens = _tokens(cfg)
+    want = _masked_logits(model, params, sel.dense_mask(cfg.model.d_ffn), tokens)
+    from ifp_jax.model.decoder import Decoder
+    got = np.asarray(Decoder(small_cfg).apply({"params": small}, jnp.asarray(tokens)))
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_hf_export_loads_in_transformers_with_the_masked_logits(run, exported):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg, _, model, params = run
+    eval_mask, out, meta = exported
+    hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "hf"))
+    assert hf.config.intermediate_size == cfg.pruning.keep_k
+    sel = Selection(np.asarray(meta["kept_units"], np.int32), _scales(run, eval_mask),
+                    "soft", eval_mask)
+    tokens = _tokens(cfg, seed=1)
+    want = _masked_logits(model, params, sel.dense_mask(cfg.model.d_ffn), tokens)
+    with torch.no_grad():
+        got = hf(torch.tensor(tokens, dtype=torch.long)).logits.float().numpy()
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(out, "hf"))
+    ids = tok(PROMPT, add_special_tokens=False).input_ids
+    assert ids == get_light_vocabulary("byte").encode(PROMPT)
+    with open(os.path.join(out, "hf", "ifp_export.json")) as f:
+        assert json.load(f)["content_hash"] == meta["content_hash"]
+
+
+def _scales(run, eval_mask):
+    cfg, _, model, params = run
+    from ifp_jax.export.selection import predictor_tokens, select_units
+    return select_units(model, params, cfg, predictor_tokens(
+        get_light_vocabulary("byte"), PROMPT, cfg.predictor.max_prompt_len), eval_mask).scale
+
+
+def test_gguf_export_reads_back_to_the_hf_tensors(run, exported):
+    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.hf.weights import hf_from_params
+    eval_mask, out, meta = exported
+    small_cfg, small, _ = load_exported(out)
+    _, tensors, gguf_meta, _ = read_gguf(os.path.join(out, "gguf", "model.gguf"))
+    want = hf_from_params(small, small_cfg)
+    assert set(tensors) == set(want)
+    for name, arr in want.items():
+        np.testing.assert_array_equal(np.asarray(tensors[name], np.float32), arr, err_msg=name)
+    assert gguf_meta["content_hash"] == meta["content_hash"]
+    assert [list(r) for r in gguf_meta["kept_units"]] == meta["kept_units"]
+
+
+def test_task_export_uses_the_skill_instruction(run, tmp_path):
+    from ifp_jax.data import skills
+    _, workdir, _, _ = run
+    meta = export_workdir(workdir, str(tmp_path / "t"), task="ifp_skill_reverse",
+                          formats=("orbax",), log=lambda m: None)
+    assert meta["selected_by"] == "task"
+    assert meta["text"] == skills.SKILLS["reverse"].wordings[0]
+    with pytest.raises(ConfigError, match="--instruction"):
+        export_workdir(workdir, str(tmp_path / "u"), task="no_such_task", log=lambda m: None)
+    assert not os.path.exists(tmp_path / "u")
+
+
+def test_existing_out_is_refused_untouched_and_replaced_with_overwrite(run, tmp_path):
+    _, workdir, _, _ = run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        export_workdir(workdir, str(out), prompt=PROMPT, formats=("orbax",), log=lambda m: None)
+    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="empty"):
+        export_workdir(workdir, str(tmp_path / "e"), prompt="  ", log=lambda m: None)
+    export_workdir(workdir, str(out), prompt=PROMPT, formats=("orbax",), overwrite=True,
+                   log=lambda m: None)
+    assert not (out / "keep.txt").exists() and (out / "orbax" / "ifp_model.json").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ifp-export-")]
+
+
+def test_light_vocabulary_matches_seqio_byte_ids():
+    import seqio
+    v, light = seqio.ByteVocabulary(), get_light_vocabulary("byte")
+    text = "héllo wörld = 42"
+    assert light.encode(text) == list(v.encode(text))
+    assert light.decode(v.encode(text) + [1, 0]) == v.decode(list(v.encode(text)))

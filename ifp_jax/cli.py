@@ -12,11 +12,18 @@
 
 User errors (config typos, unknown experiment/task, malformed data, incompatible workdir) print
 one line `ifp: error: ...` and exit 2; set IFP_DEBUG=1 for the traceback.
+
+Startup: a command imports only what it uses. `--help`, `list` and `config` import neither JAX
+nor TensorFlow/SeqIO; TensorFlow comes in (quietly, see ifp_jax/data/tf_import.py) only with
+the data pipeline. On a host with libtpu but no TPU, JAX is pinned to the CPU (_skip_absent_tpu)
+so libtpu's warnings do not print; on a TPU VM nothing changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import os
 import sys
 
@@ -141,12 +148,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_tensorflow() -> None:
-    """seqio imports TensorFlow only for tf.data; keep its CUDA probing and C++ logs off the
-    terminal and keep it off any GPU (JAX owns the accelerators)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
+def _tpu_may_be_present() -> bool:
+    """TPU VMs expose their chips as /dev/accel* (v2-v4) or /dev/vfio/* (v5e, v5p, v6e), and as
+    PCI devices of Google's vendor id (what JAX itself counts)."""
+    if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() == "0x1ae0":
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _skip_absent_tpu() -> None:
+    """With libtpu installed (`ifp compile` uses it), JAX tries the TPU backend first even where
+    there is none, and libtpu prints warnings about TPU worker hostnames and accelerator type
+    before JAX falls back to the CPU. Rule: when JAX_PLATFORMS is unset, libtpu is installed, no
+    TPU may be present (no /dev/accel*, no /dev/vfio, no Google PCI device) and no other JAX
+    plugin (CUDA, ROCm) is installed, the CPU is the only backend JAX could end up on, so pin it:
+    JAX_PLATFORMS=cpu. On a TPU VM (or with JAX_PLATFORMS or JAX_FORCE_TPU_INIT set) nothing
+    changes and `ifp train` uses the TPU."""
+    if "JAX_PLATFORMS" in os.environ or "JAX_FORCE_TPU_INIT" in os.environ:
+        return
+    if not (_installed("libtpu") or os.environ.get("TPU_LIBRARY_PATH")):
+        return
+    if _tpu_may_be_present() or _other_jax_plugins():
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _other_jax_plugins() -> bool:
+    """JAX's PJRT plugins (jax-cuda12-plugin, ROCm, ...): the `jax_plugins` namespace package or
+    the `jax_plugins` entry-point group, where JAX itself looks for them."""
+    if _installed("jax_plugins"):
+        return True
+    from importlib.metadata import entry_points
+    return bool(entry_points(group="jax_plugins"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compile":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips
-    _quiet_tensorflow()
+    # Nothing here imports JAX, TensorFlow or SeqIO: each command imports what it uses
+    # (ifp_jax.data.tf_import imports TensorFlow, quietly, for the commands that read data).
+    if args.command not in ("list", "config"):  # the commands that never start JAX skip this
+        _skip_absent_tpu()
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError
     try:

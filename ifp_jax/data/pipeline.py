@@ -21,13 +21,12 @@ Batch contract (T = DataConfig.seq_len, P = predictor max prompt length):
 from __future__ import annotations
 
 import numpy as np
-import seqio
-import tensorflow as tf
 import grain
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import tasks
 from ifp_jax.data.errors import DataError
+from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.vocab import get_vocabulary
 
 _FEATURES = ("predictor_tokens", "inputs", "targets")

@@ -20,12 +20,10 @@ import os
 import sysconfig
 from typing import Callable, Iterable, Optional, Sequence
 
-import seqio
-import tensorflow as tf
-
 from ifp_jax.config import DataConfig
 from ifp_jax.data import skills
 from ifp_jax.data.errors import DataError
+from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.vocab import get_vocabulary
 
 SKILL_PREFIX = "ifp_skill_"

@@ -6,9 +6,8 @@ from __future__ import annotations
 import functools
 import os
 
-import seqio
-
 from ifp_jax.data.errors import DataError
+from ifp_jax.data.tf_import import seqio  # TensorFlow imported quietly, once
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,6 +4,7 @@
     add_bench_parser(sub)          # in build_parser(), after the other sub-commands
 
     ifp bench train [EXPERIMENT] [section.key=value ...] [--peer] [--json] [--steps N] [--warmup N]
+    ifp bench infer [section.key=value ...] [--sizes 2m 50m] [--no-peer] [--json]
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ def _cmd_bench_train(args) -> None:
     print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
 
 
+def _cmd_bench_infer(args) -> None:
+    from ifp_jax.bench.infer_bench import format_report, run_infer_bench
+    result = run_infer_bench(tuple(args.sizes), prompt_len=args.prompt_len,
+                             new_tokens=args.new_tokens, keep_frac=args.keep_frac,
+                             overrides=list(args.overrides), peer=not args.no_peer,
+                             repeats=args.repeats)
+    print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `bench` (with sub-command `train`) on the `ifp` sub-parsers."""
-    bench = subparsers.add_parser("bench", help="speed benchmarks (train step vs matmul peak)")
+    """Registers `bench` (sub-commands `train`, `infer`) on the `ifp` sub-parsers."""
+    bench = subparsers.add_parser("bench", help="speed benchmarks (train step vs matmul peak; "
+                                                "generation latency vs the bandwidth bound)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     t = bsub.add_parser(
         "train", help="dense vs IFP train-step speed, FLOP/s vs the matmul peak",
@@ -44,4 +55,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="untimed steps per arm after compilation (default 1)")
     t.add_argument("--matmul-n", type=int, default=2048, help="side of the peak matmul")
     t.set_defaults(fn=_cmd_bench_train)
+
+    i = bsub.add_parser(
+        "infer", help="the paper's Table 3 rows: dense-full, dense-small, IFP, transformers",
+        description="Batch-1 generation of random-weight Llamas: selection, loading, prefill, "
+                    "time to first token and decode tokens/s per arm, against the memory-"
+                    "bandwidth bound measured in the same run. Progress goes to stderr.")
+    i.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="applied to every size's config, e.g. model.tie_embeddings=true")
+    i.add_argument("--sizes", nargs="+", default=["2m", "50m"],
+                   help="model sizes among 2m, 50m, 200m (default: 2m 50m)")
+    i.add_argument("--prompt-len", type=int, default=512)
+    i.add_argument("--new-tokens", type=int, default=128)
+    i.add_argument("--keep-frac", type=float, default=0.25,
+                   help="FFN units kept per layer, as a fraction of d_ffn (default 0.25)")
+    i.add_argument("--repeats", type=int, default=3, help="timed repeats per arm (median)")
+    i.add_argument("--no-peer", action="store_true", help="skip the transformers arm")
+    i.add_argument("--json", action="store_true", help="print all figures as one JSON object")
+    i.set_defaults(fn=_cmd_bench_infer)
     return bench

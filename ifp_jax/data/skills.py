@@ -20,6 +20,7 @@ import random
 import zlib
 from typing import Callable
 
+SKILL_PREFIX = "ifp_skill_"  # the SeqIO task name of skill s is SKILL_PREFIX + s
 LETTERS = "abcdefgh"
 SPLITS = ("train", "validation")
 HELD_OUT_MODULUS = 10  # 1 in 10 inputs is held out for validation

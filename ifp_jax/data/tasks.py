@@ -26,7 +26,7 @@ from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.vocab import get_vocabulary
 
-SKILL_PREFIX = "ifp_skill_"
+SKILL_PREFIX = skills.SKILL_PREFIX
 CPT_STDLIB = "ifp_cpt_stdlib"
 JSONL_TASK = "ifp_jsonl"
 MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt")

@@ -28,7 +28,7 @@ FORMATS = ("hf", "orbax", "gguf")
 def task_instruction(task: str) -> str:
     """The hand-written instruction of a registered task (embedded skills: first wording)."""
     from ifp_jax.data import skills
-    from ifp_jax.data.tasks import SKILL_PREFIX
+    from ifp_jax.data.skills import SKILL_PREFIX
     name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
     if name in skills.SKILLS:
         return skills.SKILLS[name].wordings[0]

@@ -13,13 +13,10 @@ import json
 import os
 import shutil
 
-import orbax.checkpoint as ocp
-
 from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError
 from ifp_jax.data.errors import DataError
-from ifp_jax.hf.imported import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
-from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
+from ifp_jax.hf.import_layout import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
 
 # Copied beside tokenizer.json: they name the special tokens (hf/tokenizer.py reads them).
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
@@ -38,8 +35,8 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 
 def _check_tokenizer(path: str, vocab_size: int) -> None:
-    from ifp_jax.hf.tokenizer import HFTokenizerVocabulary  # TensorFlow only when needed
-    n = HFTokenizerVocabulary(path).vocab_size
+    from ifp_jax.hf.tokenizer_file import HFTokenizerFile
+    n = HFTokenizerFile(path).size
     if n > vocab_size:
         raise DataError(f"{path} has {n} ids but config.json vocab_size={vocab_size}: the model "
                         f"cannot embed ids >= {vocab_size}; import a checkpoint whose tokenizer "
@@ -48,6 +45,8 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
 
 def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False) -> dict:
     """Writes the import directory `out` from the HF checkpoint `src`; returns its metadata."""
+    import orbax.checkpoint as ocp
+    from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
     src, out = (os.path.abspath(os.path.expanduser(p)) for p in (src, out))
     if kind not in KINDS:
         raise ConfigError(f"--as {kind!r} is not one of {list(KINDS)}")

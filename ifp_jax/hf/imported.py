@@ -27,16 +27,10 @@ from ifp_jax.config import ConfigError, ExperimentConfig, ModelConfig
 from ifp_jax.data import vocab as vocab_lib
 from ifp_jax.hf.weights import ARCH_FIELDS, param_shapes, unstack_layers
 
-IMPORT_FILE = "ifp_import.json"
-PARAMS_DIR = "params"
-TOKENIZER_FILE = "tokenizer.json"
-KINDS = ("llm", "predictor")
+from ifp_jax.hf.import_layout import (IMPORT_FILE, KINDS, PARAMS_DIR,  # noqa: F401
+                                      TOKENIZER_FILE, is_import_dir)
 # Leaves whose vocab axis is padded to ModelConfig.padded_vocab_size: (path, axis).
 _VOCAB_AXIS = {("embed_tokens", "embedding"): 0, ("lm_head", "kernel"): 1}
-
-
-def is_import_dir(path: str) -> bool:
-    return bool(path) and os.path.isfile(os.path.join(path, IMPORT_FILE))
 
 
 def load_import(path: str) -> tuple[dict, ModelConfig]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 from tokenizers import Tokenizer
 
+from ifp_jax.data.tf_import import seqio, tf
 from ifp_jax.hf.tokenizer_file import HFTokenizerFile
 
 

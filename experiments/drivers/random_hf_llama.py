@@ -35,28 +35,38 @@ def train_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(training_text(), trainer)
     return tok
 
 
+def random_params(cfg, seed: int = 0) -> dict:
+    """Our decoder params tree of `cfg`, numpy f32: N(0, 0.02) weights (like the model's own
+    init), unit norm scales. NumPy only: no JAX (nor its TPU probing) for a file generator."""
+    from ifp_jax.hf.weights import param_shapes
+    rng = np.random.default_rng(seed)
+
+    def fill(tree, name=""):
+        if isinstance(tree, dict):
+            return {k: fill(v, k) for k, v in tree.items()}
+        if name == "scale":
+            return np.ones(tree, np.float32)
+        return (0.02 * rng.standard_normal(tree)).astype(np.float32)
+
+    return fill(param_shapes(cfg))
+
+
 def random_llama(out: str, *, d_model: int, layers: int, heads: int, kv_heads: int,
                  d_ffn: int, vocab_size: int, seed: int = 0) -> None:
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
     from ifp_jax.config import ModelConfig
     from ifp_jax.hf import weights
-    from ifp_jax.model.decoder import Decoder
     cfg = ModelConfig(vocab_size=vocab_size, d_model=d_model, n_layers=layers, n_heads=heads,
                       n_kv_heads=kv_heads, head_dim=d_model // heads, d_ffn=d_ffn, max_len=512)
-    variables = Decoder(cfg).init(jax.random.PRNGKey(seed), jnp.zeros((1, 4), jnp.int32))
-    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32),
-                                    nn.meta.unbox(variables["params"]))
     hf_config = weights.hf_config_from_model_config(cfg, bos_token_id=None, eos_token_id=1,
                                                     pad_token_id=0)
-    weights.write_hf_checkpoint(out, hf_config, weights.hf_from_params(params, cfg))
+    weights.write_hf_checkpoint(out, hf_config, weights.hf_from_params(random_params(cfg, seed),
+                                                                       cfg))
 
 
 def main(argv=None) -> None:

@@ -1,8 +1,8 @@
 """Held-out evaluation: per-task exact match with SeqIO's metric functions, plus mask statistics.
 
 For every task of the mixture that has metrics, the held-out examples' prompts go through the
-predictor once (mask selection), then greedy decoding with that fixed mask produces the answer,
-which is detokenised and scored by the task's own `metric_fns`.
+predictor once (mask selection), then greedy decoding with that fixed mask over a KV cache produces
+the answer, which is detokenised and scored by the task's own `metric_fns`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline, vocab as vocab_lib
 from ifp_jax.model.mask_stats import mask_statistics
-from ifp_jax.infer.generate import greedy_decode, prompt_only_inputs
+from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
 from ifp_jax.model.ifp import IFPModel
 
 EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
@@ -55,24 +55,20 @@ def _exact_match_from_metrics(values: dict) -> float:
 
 
 def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
-    """Returns fn(params, batch) -> (generated [B, num_steps], mask [B, L, F] or zeros)."""
+    """Returns fn(params, batch) -> (generated [B, num_steps], mask [B, L, F] or zeros).
+
+    The predictor runs once on the prompts (`IFPModel.select`); the decoder then prefills the
+    prompt and decodes greedily over a KV cache with that mask (none in dense mode): the same
+    tokens as recomputing the sequence per token (`greedy_decode_full`, tests/test_generate.py).
+    """
 
     def run(params, batch):
-        variables = {"params": params}
-        out = model.apply(variables, batch, mode=mode, temperature=temperature, train=False)
+        mask, _, _ = model.apply({"params": params}, batch, mode=mode, temperature=temperature,
+                                 train=False, method=IFPModel.select)
         inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
                                            batch["decoder_loss_weights"])
-        mask = out.mask
-
-        def logits_fn(tokens):
-            b = dict(batch, decoder_input_tokens=tokens)
-            if mask is None:
-                return model.apply(variables, b, mode="dense", temperature=temperature,
-                                   train=False).logits
-            return model.apply(variables, b, mode="given", given_mask=mask,
-                               temperature=temperature, train=False).logits
-
-        generated = greedy_decode(logits_fn, inputs, start, num_steps)
+        generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
+                                        num_steps, mask, model.dtype)
         return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
 
     return run

@@ -5,6 +5,10 @@
         [--profile-steps A:B]                                         TPU VMs and SLURM)
     ifp compile EXPERIMENT --topology NAME [overrides]            AOT-compile for a TPU topology
     ifp bench train [EXPERIMENT] [overrides] [--peer] [--json]    dense vs IFP step, vs transformers
+    ifp bench infer [overrides] [--sizes 2m 50m] [--json]         Table 3: selection, loading, decode
+    ifp import-hf SRC --out DIR [--as llm|predictor]              a HF Llama checkpoint + tokenizer
+    ifp export --workdir DIR (--prompt T|--instruction T|--task N) --out DIR [--format hf orbax gguf]
+    ifp generate (--workdir DIR | --model DIR) --prompt TEXT      stream a completion (KV cache)
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
     ifp eval --workdir DIR [--mode MODE] [--eval-mask hard|lambda] held-out exact match
     ifp demo --workdir DIR                                        the embedded CPU pipeline
@@ -29,10 +33,15 @@ import sys
 
 
 def _resolve(experiment: str, overrides: list[str], hardware: str | None = None):
-    """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides."""
+    """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides
+    -> the architecture of an imported HF model named by train.init_*_from (hf/imported.py)."""
     import experiments
     from ifp_jax.config import apply_overrides
-    return apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
+    cfg = apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
+    if cfg.train.init_llm_from or cfg.train.init_predictor_from:
+        from ifp_jax.hf.imported import adopt_imports  # JAX/orbax only when a source is named
+        cfg = adopt_imports(cfg)
+    return cfg
 
 
 def _this_hardware(flag: str | None) -> str | None:
@@ -141,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_demo)
 
     from ifp_jax.bench.cli import add_parser as add_bench_parser
+    from ifp_jax.export.cli import add_parser as add_export_parser
+    from ifp_jax.hf.import_cli import add_parser as add_import_parser
+    from ifp_jax.infer.cli import add_parser as add_generate_parser
     add_bench_parser(sub)
+    add_import_parser(sub)
+    add_export_parser(sub)
+    add_generate_parser(sub)
 
     ls = sub.add_parser("list", help="list registered experiments")
     ls.set_defaults(fn=_cmd_list)

@@ -1,8 +1,8 @@
 """The serving path of PAPER.md §7, each step timed: selection -> loading -> generation.
 
   selection  the predictor reads the prompt once and picks k FFN units per layer
-  loading    the kept rows/columns are gathered into a small dense model (lambda folded into
-             W_down), on device; cached by the selection's hash, so a repeated task (the same
+  loading    the kept FFN rows/columns are gathered into a small dense model (lambda folded
+             into W_down), on device; the other weights are shared, not copied; cached by the selection's hash, so a repeated task (the same
              instruction, hence the same mask) skips it
   generation prefill + KV-cache decode of the small dense model (infer/generate.py)
 """
@@ -21,8 +21,8 @@ import numpy as np
 
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.export.selection import Selection, Selector, predictor_tokens
-from ifp_jax.export.small_model import gather_small_decoder
 from ifp_jax.infer.kv_decoder import inference_params
+from ifp_jax.model.layers import gather_mlp_units
 
 
 def selection_hash(sel: Selection) -> str:
@@ -51,11 +51,15 @@ class PrunedServer:
         self.selector = Selector(model, cfg, eval_mask)
         self.small_cfg = dataclasses.replace(cfg.model, d_ffn=cfg.pruning.keep_k)
         fold = self.selector.eval_mask == "lambda"
-        mc = cfg.model
+        # Everything but the FFN is shared by every small model: unstacked (per-layer weights,
+        # as the decoder reads them) once here, so loading gathers the kept FFN units only.
+        self._base = jax.block_until_ready(inference_params(params["decoder"], cfg.model))
 
-        def load(decoder_params, idx, scale):
-            small, _ = gather_small_decoder(decoder_params, mc, idx, scale if fold else None)
-            return inference_params(small, self.small_cfg)
+        def load(base, idx, scale):
+            layers = tuple({**layer, "mlp": gather_mlp_units(layer["mlp"], idx[i],
+                                                             scale[i] if fold else None)}
+                           for i, layer in enumerate(base["layers"]))
+            return {**base, "layers": layers}
 
         self._load = jax.jit(load)
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -70,8 +74,7 @@ class PrunedServer:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
-        small = self._load(self.params["decoder"], jnp.asarray(sel.keep_idx),
-                           jnp.asarray(sel.scale))
+        small = self._load(self._base, jnp.asarray(sel.keep_idx), jnp.asarray(sel.scale))
         jax.block_until_ready(small)
         self._cache[key] = small
         if len(self._cache) > self.cache_size:

@@ -55,13 +55,12 @@ class PrunedServer:
         # as the decoder reads them) once here, so loading gathers the kept FFN units only.
         self._base = jax.block_until_ready(inference_params(params["decoder"], cfg.model))
 
-        def load(base, idx, scale):
-            layers = tuple({**layer, "mlp": gather_mlp_units(layer["mlp"], idx[i],
-                                                             scale[i] if fold else None)}
-                           for i, layer in enumerate(base["layers"]))
-            return {**base, "layers": layers}
+        # Only the FFN goes through the jit: shared weights returned from a jit would be copied.
+        def gather(mlps, idx, scale):
+            return tuple(gather_mlp_units(m, idx[i], scale[i] if fold else None)
+                         for i, m in enumerate(mlps))
 
-        self._load = jax.jit(load)
+        self._gather = jax.jit(gather)
         self._cache: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self.cache_size = cache_size
 
@@ -74,7 +73,10 @@ class PrunedServer:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
-        small = self._load(self._base, jnp.asarray(sel.keep_idx), jnp.asarray(sel.scale))
+        mlps = self._gather(tuple(layer["mlp"] for layer in self._base["layers"]),
+                            jnp.asarray(sel.keep_idx), jnp.asarray(sel.scale))
+        small = {**self._base, "layers": tuple({**layer, "mlp": mlp} for layer, mlp
+                                               in zip(self._base["layers"], mlps))}
         jax.block_until_ready(small)
         self._cache[key] = small
         if len(self._cache) > self.cache_size:

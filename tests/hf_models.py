@@ -88,7 +88,7 @@ def make_random_llama(directory: str, *, vocab: int = 320, hidden: int = 32, lay
     return model
 
 
-def hf_logits(model, tokens) -> "np.ndarray":
+def hf_logits(model, tokens):
     """transformers' logits [B, T, V] (float32 numpy) for int tokens [B, T]."""
     import numpy as np
     import torch

@@ -61,20 +61,23 @@ def size_config(size: str, keep_frac: float, overrides: list[str]) -> Experiment
     return apply_overrides(cfg, overrides)
 
 
+def _layer_params(cfg: ModelConfig) -> int:
+    """q, k, v, o projections + gate, up, down + two norm scales."""
+    d = cfg.d_model
+    return d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + 3 * d * cfg.d_ffn + 2 * d
+
+
 def weight_bytes_per_token(cfg: ModelConfig, itemsize: int = 4) -> int:
     """Bytes of weights one batch-1 decode step reads (the embedding table: one row, unless
     tied: then it is the LM head too)."""
-    d, f, l, v = cfg.d_model, cfg.d_ffn, cfg.n_layers, cfg.padded_vocab_size
-    attn = d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
-    per_layer = attn + 3 * d * f + 2 * d
-    head = v * d
-    return itemsize * (l * per_layer + d + head + (0 if cfg.tie_embeddings else d))
+    d, head = cfg.d_model, cfg.padded_vocab_size * cfg.d_model
+    return itemsize * (cfg.n_layers * _layer_params(cfg) + d + head
+                       + (0 if cfg.tie_embeddings else d))
 
 
 def decoder_param_count(cfg: ModelConfig) -> int:
-    d, l, v = cfg.d_model, cfg.n_layers, cfg.padded_vocab_size
-    per_layer = d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + 3 * d * cfg.d_ffn + 2 * d
-    return l * per_layer + d + v * d * (1 if cfg.tie_embeddings else 2)
+    d, v = cfg.d_model, cfg.padded_vocab_size
+    return cfg.n_layers * _layer_params(cfg) + d + v * d * (1 if cfg.tie_embeddings else 2)
 
 
 def read_bandwidth(n: int = 8192, repeats: int = 5) -> float:
@@ -220,8 +223,8 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
                    "select_load_share": ifp["select_load_share"],
                    "ifp_decode_of_bound": ifp["of_bound"]}
     if "transformers" in rows:
-        r["ratios"]["ifp_decode_over_transformers"] = (ifp["decode_tokens_per_s"]
-                                                       / rows["transformers"]["decode_tokens_per_s"])
+        peer_rate = rows["transformers"]["decode_tokens_per_s"]
+        r["ratios"]["ifp_decode_over_transformers"] = ifp["decode_tokens_per_s"] / peer_rate
     return r
 
 

@@ -1,1 +1,2 @@
-"""Export of pruned models: per-prompt / per-task selection, gathering, HF / orbax / GGUF writers."""
+"""Export of pruned models: selection per prompt / instruction / task, the gathered small
+model, and its HF / orbax / GGUF writers."""

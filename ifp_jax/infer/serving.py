@@ -2,8 +2,8 @@
 
   selection  the predictor reads the prompt once and picks k FFN units per layer
   loading    the kept FFN rows/columns are gathered into a small dense model (lambda folded
-             into W_down), on device; the other weights are shared, not copied; cached by the selection's hash, so a repeated task (the same
-             instruction, hence the same mask) skips it
+             into W_down), on device; the other weights are shared, not copied; cached by the
+             selection's hash, so a repeated task (same instruction, same mask) skips it
   generation prefill + KV-cache decode of the small dense model (infer/generate.py)
 """
 

@@ -27,7 +27,7 @@ class Generator(NamedTuple):
     params: Any
     model_cfg: Any  # ModelConfig
     mask: Any  # [1, L, F] or None
-    vocab: Any  # seqio.Vocabulary
+    vocab: Any  # data/light_vocab.LightVocabulary (no TensorFlow)
     prompt_ids: list[int]  # the decoder's prompt, formatted as in training
     dtype: Any
     note: str  # how the mask was chosen (for --verbose)
@@ -41,7 +41,7 @@ def _decoder_prompt(vocab, prompt: str) -> list[int]:
 def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     """Restores a run (params only) and selects the prompt's mask with its predictor."""
     from ifp_jax import sharding as shd
-    from ifp_jax.data.vocab import get_vocabulary
+    from ifp_jax.data.light_vocab import get_light_vocabulary
     from ifp_jax.export.selection import Selector, predictor_tokens
     from ifp_jax.train import checkpoint as ckpt_lib
     from ifp_jax.train.state import build_model, params_layout
@@ -50,8 +50,8 @@ def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     mesh = shd.make_mesh(cfg.mesh)
     model = build_model(cfg)
     step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
-    vocab = get_vocabulary(cfg.data.vocabulary)
-    tokens = predictor_tokens(get_vocabulary(cfg.data.predictor_vocabulary), prompt,
+    vocab = get_light_vocabulary(cfg.data.vocabulary)
+    tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), prompt,
                               cfg.predictor.max_prompt_len)
     sel = Selector(model, cfg, eval_mask)(params, tokens)
     note = f"{workdir} @ step {step}, mode={sel.mode}"
@@ -67,11 +67,11 @@ def from_exported(model_dir: str, prompt: str) -> Generator:
     """An exported (already gathered, dense) model: no predictor, no mask."""
     import jax.numpy as jnp
 
-    from ifp_jax.data.vocab import get_vocabulary
+    from ifp_jax.data.light_vocab import get_light_vocabulary
     from ifp_jax.export.orbax_io import load_exported
 
     model_cfg, params, vocab_spec = load_exported(model_dir)
-    vocab = get_vocabulary(vocab_spec)
+    vocab = get_light_vocabulary(vocab_spec)
     return Generator(params, model_cfg, None, vocab, _decoder_prompt(vocab, prompt),
                      jnp.float32, f"{model_dir} (exported, d_ffn={model_cfg.d_ffn})")
 

@@ -31,30 +31,27 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
     """
 
     def __init__(self, path: str):
-        self._file = HFTokenizerFile(path)
+        self._file = HFTokenizerFile(path)  # every id and the text codec live there
         self.path = self._file.path
         self.id0_is_special = self._file.id0_is_special
-        self._tokenizer, self._eos_id = self._file.tokenizer, self._file.eos_id
-        self._unk_id, self._bos_id = self._file.unk_id, self._file.bos_id
-        self._json_md5 = self._file.json_md5
         super().__init__(extra_ids=0)
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The underlying `tokenizers.Tokenizer` (TensorFlow-free encoding)."""
-        return self._tokenizer
+        return self._file.tokenizer
 
     @property
     def eos_id(self) -> int:
-        return self._eos_id
+        return self._file.eos_id
 
     @property
     def unk_id(self) -> int | None:
-        return self._unk_id
+        return self._file.unk_id
 
     @property
     def bos_id(self) -> int | None:
-        return self._bos_id
+        return self._file.bos_id
 
     @property
     def _base_vocab_size(self) -> int:
@@ -88,11 +85,13 @@ class HFTokenizerVocabulary(seqio.Vocabulary):
         return text
 
     def __eq__(self, other) -> bool:
-        return (isinstance(other, HFTokenizerVocabulary) and self._json_md5 == other._json_md5
-                and self._eos_id == other._eos_id and self._unk_id == other._unk_id)
+        return (isinstance(other, HFTokenizerVocabulary) and self._key() == other._key())
 
     def __hash__(self) -> int:
-        return hash((self._json_md5, self._eos_id, self._unk_id))
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return self._file.json_md5, self._file.eos_id, self._file.unk_id
 
     def __str__(self) -> str:
-        return f"HFTokenizerVocabulary(file={self.path}, md5={self._json_md5})"
+        return f"HFTokenizerVocabulary(file={self.path}, md5={self._file.json_md5})"

@@ -23,8 +23,12 @@ def test_loading_equals_the_gathered_small_model_and_is_cached():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     again, _, t2 = server.prepare("reverse abcde =")
     assert t2.cache_hit and again is small
-    _, _, t3 = server.prepare("sort abcde =")  # another prompt: another selection (or a hit
-    assert t3.selection_s > 0                   # if the predictor picks the same units)
+    # Another prompt hits the cache exactly when the predictor picks the same units and scales.
+    _, _, t3 = server.prepare("sort abcde =")
+    other = server.selector(params, _tokens(server, "sort abcde ="))
+    same = (np.array_equal(other.keep_idx, sel.keep_idx)
+            and np.array_equal(other.scale, sel.scale))
+    assert t3.cache_hit == same
 
 
 def _tokens(server, text):

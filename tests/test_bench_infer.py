@@ -31,6 +31,7 @@ def test_infer_bench_rows_and_ratios():
     assert 0 < s["ratios"]["select_load_share"] < 1
     for row in s["rows"].values():
         assert row["decode_tokens_per_s"] > 0 and row["bound_tokens_per_s"] > 0
+        assert row["read_bandwidth"] > 0 and row["of_bound"] > 0
     json.dumps(r)  # --json prints it as one object
     text = format_report(r)
     assert "IFP decode / dense-small decode" in text and "transformers" in text

@@ -9,6 +9,7 @@ uses the same shapes and a mask (one program per sampling method).
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 from ifp_jax.config import ModelConfig, PredictorConfig, PruningConfig
 from ifp_jax.infer import generate as gen
-from ifp_jax.infer.kv_decoder import decode_step, inference_params, prefill
+from ifp_jax.infer.kv_decoder import decode_step, fuse_mlp, gather_fused_mlp, prefill
 from ifp_jax.infer.sampling import sample, top_p_filter
 from ifp_jax.model.decoder import Decoder
 from ifp_jax.model.ifp import IFPModel
@@ -217,13 +218,28 @@ def test_prompts_and_steps_in_one_bucket_share_one_program():
 def _gathered(params, cfg, mask_row, scale):
     """A dense model with d_ffn = k: per layer, the units kept by mask_row [L, F] (0/1), W_down
     rows scaled by `scale` [L, F] (lambda) if given."""
-    p = inference_params(params, cfg)
-    small = {k: v for k, v in p.items() if k != "layers"}
-    for i, lp in enumerate(p["layers"]):
+    raw = nn.meta.unbox(params)  # the Decoder's own (scanned, unfused) layout
+    small = {k: v for k, v in raw.items() if k != "layers"}
+    for i in range(cfg.n_layers):
+        lp = jax.tree.map(lambda a, i=i: a[i], raw["layers"])
         keep = jnp.nonzero(mask_row[i], size=K)[0]
         small[f"layers_{i}"] = dict(lp, mlp=gather_mlp_units(
             lp["mlp"], keep, None if scale is None else scale[i, keep]))
     return small, dataclasses.replace(cfg, d_ffn=K, scan_layers=False)
+
+
+def test_gathering_a_fused_mlp_equals_fusing_the_gathered_one():
+    """Serving gathers from the fused gate/up kernel: same columns and scaled rows as the
+    model's own gather_mlp_units followed by fusion."""
+    keys = jax.random.split(jax.random.key(3), 3)
+    mlp = {"gate_proj": {"kernel": jax.random.normal(keys[0], (6, 10))},
+           "up_proj": {"kernel": jax.random.normal(keys[1], (6, 10))},
+           "down_proj": {"kernel": jax.random.normal(keys[2], (10, 6))}}
+    idx, scale = jnp.array([1, 4, 9]), jnp.array([0.5, 1.0, 0.25])
+    for s in (None, scale):
+        got = gather_fused_mlp(fuse_mlp(mlp), idx, s)
+        want = fuse_mlp(gather_mlp_units(mlp, idx, s))
+        jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 @pytest.mark.parametrize("kind", ["hard", "lambda"])

@@ -10,8 +10,11 @@ tokens (no early EOS):
                 HF export (ifp_jax's own exporter), greedy, KV cache
 and the memory-bandwidth bound of batch-1 decoding: weight bytes read per token (every decoder
 weight except the input embedding table, of which one row is read) over the read bandwidth of a
-large matrix-vector product measured in the same run. Random weights: speed does not depend on
-them. TTFT = time to the first generated token (IFP: selection + loading + prefill).
+large matrix-vector product. The bandwidth of this shared machine drifts by up to 1.5x within
+minutes, so it is measured again right before every timed repeat of every arm, and an arm's
+"of bound" is the median over its repeats of (bound at that moment / decode rate). Random
+weights: speed does not depend on them. TTFT = time to the first generated token (IFP:
+selection + loading + prefill).
 """
 
 from __future__ import annotations
@@ -80,16 +83,22 @@ def decoder_param_count(cfg: ModelConfig) -> int:
     return cfg.n_layers * _layer_params(cfg) + d + v * d * (1 if cfg.tie_embeddings else 2)
 
 
-def read_bandwidth(n: int = 8192, repeats: int = 5) -> float:
-    """Bytes/s of a jitted f32 [n, n] @ [n] (the matrix is read once per product)."""
-    import jax
-    import jax.numpy as jnp
-    w = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    x = jnp.ones((n,), jnp.float32)
-    f = jax.jit(jnp.matmul).lower(w, x).compile()
-    f(w, x).block_until_ready()
-    best = min(_timed(lambda: f(w, x).block_until_ready()) for _ in range(repeats))
-    return 4.0 * n * n / best
+class ReadBandwidth:
+    """Bytes/s of a jitted f32 [n, n] @ [n] (the matrix is read once per product), best of
+    `repeats`; compiled once, measured on every call."""
+
+    def __init__(self, n: int = 8192, repeats: int = 3):
+        import jax
+        import jax.numpy as jnp
+        self.w = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        self.x = jnp.ones((n,), jnp.float32)
+        self.f = jax.jit(jnp.matmul).lower(self.w, self.x).compile()
+        self.f(self.w, self.x).block_until_ready()
+        self.bytes, self.repeats = 4.0 * n * n, repeats
+
+    def __call__(self) -> float:
+        run = lambda: self.f(self.w, self.x).block_until_ready()
+        return self.bytes / min(_timed(run) for _ in range(self.repeats))
 
 
 def _timed(fn: Callable) -> float:
@@ -110,25 +119,39 @@ def _init_params(cfg: ExperimentConfig, seed: int = 0) -> dict:
     return model, nn.meta.unbox(variables["params"])
 
 
+def _repeat_times(first: Callable, full: Callable, new_tokens: int, repeats: int,
+                  bandwidth: ReadBandwidth) -> dict:
+    """Times `first` (1 token) and `full` (new_tokens) `repeats` times, each right after a
+    bandwidth measurement. Returns medians: prefill_s (TTFT), total_s, decode_tokens_per_s, and
+    the bandwidths measured (read_bandwidth, the median; per_repeat: [(bytes/s, decode
+    tokens/s)] for the caller's bound ratios)."""
+    first(), full()  # compile / warm up both
+    pairs, prefill, total = [], [], []
+    for _ in range(repeats):
+        bw = bandwidth()
+        t1, tn = _timed(first), _timed(full)
+        prefill.append(t1)
+        total.append(tn)
+        pairs.append((bw, (new_tokens - 1) / max(tn - t1, 1e-9)))
+    return {"prefill_s": statistics.median(prefill), "total_s": statistics.median(total),
+            "decode_tokens_per_s": statistics.median(rate for _, rate in pairs),
+            "read_bandwidth": statistics.median(bw for bw, _ in pairs), "per_repeat": pairs}
+
+
 def _generation_times(params, mcfg: ModelConfig, prompt: list[int], new_tokens: int,
-                      repeats: int) -> dict:
+                      repeats: int, bandwidth: ReadBandwidth) -> dict:
     """Our generate(): prefill+first token time, and decode tokens/s over the rest."""
     from ifp_jax.infer.generate import generate
     from ifp_jax.infer.kv_decoder import inference_params
     import jax
     p = jax.block_until_ready(inference_params(params, mcfg))
-    first = lambda: jax.block_until_ready(generate(p, mcfg, [prompt], max_new_tokens=1,
-                                                   eos_id=None))
-    full = lambda: jax.block_until_ready(generate(p, mcfg, [prompt], max_new_tokens=new_tokens,
-                                                  eos_id=None))
-    first(), full()  # compile both programs
-    ttft = statistics.median(_timed(first) for _ in range(repeats))
-    total = statistics.median(_timed(full) for _ in range(repeats))
-    return {"prefill_s": ttft, "total_s": total,
-            "decode_tokens_per_s": (new_tokens - 1) / max(total - ttft, 1e-9)}
+    run = lambda n: lambda: jax.block_until_ready(generate(p, mcfg, [prompt], max_new_tokens=n,
+                                                           eos_id=None))
+    return _repeat_times(run(1), run(new_tokens), new_tokens, repeats, bandwidth)
 
 
-def _torch_times(hf_dir: str, prompt: list[int], new_tokens: int, repeats: int) -> dict:
+def _torch_times(hf_dir: str, prompt: list[int], new_tokens: int, repeats: int,
+                 bandwidth: ReadBandwidth) -> dict:
     import torch
     import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -136,20 +159,18 @@ def _torch_times(hf_dir: str, prompt: list[int], new_tokens: int, repeats: int) 
     ids = torch.tensor([prompt], dtype=torch.long)
 
     def gen(n):
-        with torch.no_grad():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                           min_new_tokens=n, do_sample=False, use_cache=True,
-                           pad_token_id=0)
+        def run():
+            with torch.no_grad():
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, use_cache=True,
+                               pad_token_id=0)
+        return run
 
-    gen(2)
-    ttft = statistics.median(_timed(lambda: gen(1)) for _ in range(repeats))
-    total = statistics.median(_timed(lambda: gen(new_tokens)) for _ in range(repeats))
-    return {"prefill_s": ttft, "total_s": total,
-            "decode_tokens_per_s": (new_tokens - 1) / max(total - ttft, 1e-9)}
+    return _repeat_times(gen(1), gen(new_tokens), new_tokens, repeats, bandwidth)
 
 
 def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
-               overrides: list[str], peer: bool, repeats: int, bandwidth: float,
+               overrides: list[str], peer: bool, repeats: int, bandwidth: ReadBandwidth,
                log: Callable[[str], None] = _log) -> dict:
     from ifp_jax.data.light_vocab import LightVocabulary
     from ifp_jax.export.small_model import gather_small_decoder, to_host
@@ -167,21 +188,24 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
     rows = {}
 
     def row(name, mcfg, times, extra=None):
-        bound = bandwidth / weight_bytes_per_token(mcfg)
+        per_token = weight_bytes_per_token(mcfg)
+        pairs = times.pop("per_repeat")
         rows[name] = {"params": decoder_param_count(mcfg), "d_ffn": mcfg.d_ffn, **times,
                       "ttft_s": times["prefill_s"] + (extra or {}).get("select_load_s", 0.0),
-                      "bound_tokens_per_s": bound,
-                      "of_bound": times["decode_tokens_per_s"] / bound, **(extra or {})}
+                      "weight_bytes_per_token": per_token,
+                      "bound_tokens_per_s": times["read_bandwidth"] / per_token,
+                      "of_bound": statistics.median(rate * per_token / bw for bw, rate in pairs),
+                      **(extra or {})}
         log(f"{size} {name}: decode {times['decode_tokens_per_s']:.1f} tok/s "
             f"({rows[name]['of_bound']:.0%} of bound)")
 
     row("dense-full", cfg.model, _generation_times(params["decoder"], cfg.model, prompt,
-                                                   new_tokens, repeats))
+                                                   new_tokens, repeats, bandwidth))
     _, small_params = _init_params(dataclasses.replace(cfg, model=small_cfg,
                                                        pruning=dataclasses.replace(
                                                            cfg.pruning, keep_k=8)), seed=1)
     row("dense-small", small_cfg, _generation_times(small_params["decoder"], small_cfg, prompt,
-                                                    new_tokens, repeats))
+                                                    new_tokens, repeats, bandwidth))
 
     # IFP: the prompt's text is random ids; the predictor reads the same ids (as text would).
     server = PrunedServer(model, params, cfg, LightVocabulary("byte"))
@@ -192,7 +216,7 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
     server.clear_cache()
     small, _, miss = server.prepare_tokens(tokens)
     _, _, again = server.prepare_tokens(tokens)
-    times = _generation_times(small, small_cfg, prompt, new_tokens, repeats)
+    times = _generation_times(small, small_cfg, prompt, new_tokens, repeats, bandwidth)
     select_s, load_s = miss.selection_s, miss.loading_s
     row("IFP", small_cfg, times, {
         "selection_s": select_s, "loading_s": load_s, "loading_cached_s": again.loading_s,
@@ -214,7 +238,8 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
                 hf_weights.write_hf_checkpoint(d, hf_weights.hf_config_from_model_config(
                     small_cfg, bos_token_id=None, eos_token_id=1, pad_token_id=0),
                     hf_weights.hf_from_params(to_host(host_small), small_cfg))
-                row("transformers", small_cfg, _torch_times(d, prompt, new_tokens, repeats))
+                row("transformers", small_cfg, _torch_times(d, prompt, new_tokens, repeats,
+                                                            bandwidth))
     r = {"size": size, "llm_params": decoder_param_count(cfg.model), "keep_k": cfg.pruning.keep_k,
          "d_ffn": cfg.model.d_ffn, "rows": rows}
     ifp, small_row = rows["IFP"], rows["dense-small"]
@@ -232,15 +257,17 @@ def run_infer_bench(sizes=("2m", "50m"), *, prompt_len: int = 512, new_tokens: i
                     keep_frac: float = 0.25, overrides: list[str] = (), peer: bool = True,
                     repeats: int = 3, log: Callable[[str], None] = _log) -> dict:
     import jax
-    bw = read_bandwidth()
-    log(f"read bandwidth {bw / 1e9:.1f} GB/s (f32 8192x8192 matvec)")
+    bandwidth = ReadBandwidth()
+    bw = bandwidth()
+    log(f"read bandwidth {bw / 1e9:.1f} GB/s (f32 8192x8192 matvec; measured again before "
+        f"every timed repeat)")
     out = {"benchmark": "infer", "backend": jax.default_backend(), "batch": 1,
            "prompt_len": prompt_len, "new_tokens": new_tokens, "keep_frac": keep_frac,
            "read_bandwidth_bytes_per_s": bw, "sizes": []}
     for size in sizes:
         out["sizes"].append(bench_size(size, prompt_len=prompt_len, new_tokens=new_tokens,
                                        keep_frac=keep_frac, overrides=list(overrides), peer=peer,
-                                       repeats=repeats, bandwidth=bw, log=log))
+                                       repeats=repeats, bandwidth=bandwidth, log=log))
     return out
 
 
@@ -252,15 +279,15 @@ def format_report(r: dict) -> str:
         lines += ["", f"{s['size']}: LLM {s['llm_params'] / 1e6:.2f}M params, keep "
                       f"{s['keep_k']}/{s['d_ffn']} FFN units per layer",
                   f"  {'arm':13s} {'params':>8s} {'select ms':>9s} {'load ms':>8s} "
-                  f"{'prefill ms':>10s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'bound':>7s} "
-                  f"{'of bound':>8s}"]
+                  f"{'prefill ms':>10s} {'TTFT ms':>8s} {'decode tok/s':>12s} {'GB/s':>5s} "
+                  f"{'bound':>7s} {'of bound':>8s}"]
         for name, a in s["rows"].items():
             sel = f"{a['selection_s'] * 1e3:9.1f}" if "selection_s" in a else f"{'-':>9s}"
             load = f"{a['loading_s'] * 1e3:8.1f}" if "loading_s" in a else f"{'-':>8s}"
             lines.append(f"  {name:13s} {a['params'] / 1e6:7.2f}M {sel} {load} "
                          f"{a['prefill_s'] * 1e3:10.1f} {a['ttft_s'] * 1e3:8.1f} "
-                         f"{a['decode_tokens_per_s']:12.1f} {a['bound_tokens_per_s']:7.1f} "
-                         f"{a['of_bound']:8.0%}")
+                         f"{a['decode_tokens_per_s']:12.1f} {a['read_bandwidth'] / 1e9:5.1f} "
+                         f"{a['bound_tokens_per_s']:7.1f} {a['of_bound']:8.0%}")
         q = s["ratios"]
         lines.append(f"  IFP decode / dense-small decode: {q['ifp_decode_over_dense_small']:.3f} "
                      f"(target >= 0.97); selection + loading: {q['select_load_share']:.2%} of "

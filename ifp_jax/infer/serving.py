@@ -21,8 +21,7 @@ import numpy as np
 
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.export.selection import Selection, Selector, predictor_tokens
-from ifp_jax.infer.kv_decoder import inference_params
-from ifp_jax.model.layers import gather_mlp_units
+from ifp_jax.infer.kv_decoder import gather_fused_mlp, inference_params
 
 
 def selection_hash(sel: Selection) -> str:
@@ -57,7 +56,7 @@ class PrunedServer:
 
         # Only the FFN goes through the jit: shared weights returned from a jit would be copied.
         def gather(mlps, idx, scale):
-            return tuple(gather_mlp_units(m, idx[i], scale[i] if fold else None)
+            return tuple(gather_fused_mlp(m, idx[i], scale[i] if fold else None)
                          for i, m in enumerate(mlps))
 
         self._gather = jax.jit(gather)

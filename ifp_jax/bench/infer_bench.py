@@ -154,6 +154,7 @@ def _torch_times(hf_dir: str, prompt: list[int], new_tokens: int, repeats: int,
                  bandwidth: ReadBandwidth) -> dict:
     import torch
     import transformers
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the report
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     ids = torch.tensor([prompt], dtype=torch.long)

@@ -11,9 +11,10 @@ Layers are a Python loop over per-layer weights inside the jit, not a lax.scan o
 ones: XLA:CPU copies each dynamic slice of a stacked weight before its matmul, so a scanned step
 reads every weight twice and writes it once (measured: about 2x slower at batch 1). For the same
 reason the cache is one array per layer. Its layout makes decoding's two attention products
-plain batched matmuls over B*Hkv that read the cache in place, and its update one
-dynamic-update-slice per row (`_write_position`): the [B, S, Hkv, hd] layout and a scatter made
-XLA copy the whole cache in every layer of every step (2.4 of 9 ms per token at 50M).
+plain batched matmuls over B*Hkv with no unit axis for XLA to reshape away; with the
+[B, S, Hkv, hd] layout XLA fused each cache update twice (into the carried cache and into
+attention's reshaped operand) and copied the whole cache for both, in every layer of every step
+(2.4 of 9 ms per token at 50M).
 
 Cache (`KVCache`): k tuple of L arrays [B*Hkv, hd, S], v of L arrays [B*Hkv, S, hd] (row b's
 KV head j at index b*Hkv + j), in the compute dtype; lengths [B]
@@ -165,18 +166,18 @@ def _layer_mask(mask: jax.Array | None, i: int) -> jax.Array | None:
 
 
 def _write_position(cache: jax.Array, new: jax.Array, pos: jax.Array, axis: int) -> jax.Array:
-    """Writes row b's new entry into its Hkv slices of cache [B*Hkv, ...] at position pos[b].
+    """Writes row b's new entries into its Hkv slices of cache [B*Hkv, ...] at position pos[b].
 
-    new: [B*Hkv, ...] with size 1 on `axis` (the position axis). In place, as one
-    dynamic-update-slice per row: a scatter does the same, but XLA lowers a one-row scatter to a
-    bounds-checked select over the whole cache, which copies the cache in every layer of every
-    step. Positions past the cache are clamped to its last slot; callers size it so none are.
+    new: [B*Hkv, ...] with size 1 on `axis` (the position axis, 1 or 2). One scatter, run in
+    place (checked: no copy of a cache in the compiled decode loop). Positions past the cache
+    are clamped to its last slot; callers size it so that none are.
     """
     hkv = new.shape[0] // pos.shape[0]
-    for b in range(pos.shape[0]):
-        start = tuple(pos[b] if d == axis else 0 for d in range(1, cache.ndim))
-        cache = jax.lax.dynamic_update_slice(cache, new[b * hkv:(b + 1) * hkv], (b * hkv, *start))
-    return cache
+    rows = jnp.arange(new.shape[0])
+    at = jnp.repeat(pos, hkv)  # [B*Hkv]
+    if axis == 1:  # [N, S, hd]
+        return cache.at[rows, at].set(new[:, 0], mode="clip")
+    return cache.at[rows, :, at].set(new[:, :, 0], mode="clip")  # [N, hd, S]
 
 
 def _attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -195,6 +195,15 @@ def _skip_absent_tpu() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def _use_compilation_cache() -> None:
+    """JAX's persistent compilation cache for the commands users repeat on one model (`export`,
+    `generate`): the second export of a run skips the selector's compile (about 1.3 s of the
+    first). Environment variables, read when JAX starts, so a user's own settings win."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(base, "ifp_jax", "xla"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
+
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -224,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     # (ifp_jax.data.tf_import imports TensorFlow, quietly, for the commands that read data).
     if args.command not in ("list", "config"):  # the commands that never start JAX skip this
         _skip_absent_tpu()
+    if args.command in ("export", "generate"):
+        _use_compilation_cache()
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError
     try:

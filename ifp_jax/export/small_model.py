@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ifp_jax.config import ModelConfig
@@ -20,14 +21,18 @@ def gather_small_decoder(decoder_params: dict, cfg: ModelConfig, keep_idx, scale
                          ) -> tuple[dict, ModelConfig]:
     """Decoder params (scan-stacked or per-layer) + keep_idx [L, k] (+ scale [L, k]) ->
     (params of the dense decoder with d_ffn = k, its ModelConfig). Works on numpy or jax arrays
-    (jitted callers pass jax arrays; the exporter passes host numpy)."""
+    (jitted callers pass jax arrays; the exporter passes host numpy, gathered by NumPy: eager
+    JAX ops would compile a dozen tiny programs, half a second of `ifp export`)."""
     k = keep_idx.shape[1]
     small_cfg = dataclasses.replace(cfg, d_ffn=k)
     out = dict(decoder_params)
     if cfg.scan_layers:
         layers = dict(out["layers"])
-        # One gather per layer along the stacked axis (a None scale is an empty pytree to vmap).
-        layers["mlp"] = jax.vmap(gather_mlp_units)(layers["mlp"], keep_idx, scale)
+        xp = np if isinstance(keep_idx, np.ndarray) else jnp
+        per_layer = [gather_mlp_units(jax.tree_util.tree_map(lambda a, i=i: a[i], layers["mlp"]),
+                                      keep_idx[i], None if scale is None else scale[i])
+                     for i in range(cfg.n_layers)]
+        layers["mlp"] = jax.tree_util.tree_map(lambda *xs: xp.stack(xs), *per_layer)
         out["layers"] = layers
     else:
         for i in range(cfg.n_layers):

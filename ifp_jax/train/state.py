@@ -78,12 +78,18 @@ def _init_params_boxed(model: IFPModel, cfg: ExperimentConfig, rng: jax.Array):
     return model.init(rng, dummy_batch(cfg), mode="soft", temperature=1.0, train=False)["params"]
 
 
-def param_logical_specs(model: IFPModel, cfg: ExperimentConfig) -> Any:
-    """PartitionSpecs of logical names for every parameter (no arrays are allocated)."""
+def _traced_params(model: IFPModel, cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """(logical PartitionSpecs, abstract unboxed params) from one abstract trace of init: no
+    arrays are allocated, and the model is traced once (about 1 s at the demo size)."""
     boxed = jax.eval_shape(lambda r: _init_params_boxed(model, cfg, r), jax.random.key(0))
     specs = nn.get_partition_spec(boxed)
     shd.check_rules_cover(specs)
-    return specs
+    return specs, nn.meta.unbox(boxed)
+
+
+def param_logical_specs(model: IFPModel, cfg: ExperimentConfig) -> Any:
+    """PartitionSpecs of logical names for every parameter (no arrays are allocated)."""
+    return _traced_params(model, cfg)[0]
 
 
 def _path_key(path) -> tuple:
@@ -119,17 +125,11 @@ class StateLayout:
     logical_specs: TrainState  # of logical PartitionSpec
 
 
-def _abstract_params(model: IFPModel, cfg: ExperimentConfig) -> Any:
-    return jax.eval_shape(lambda r: nn.meta.unbox(_init_params_boxed(model, cfg, r)),
-                          jax.random.key(0))
-
-
 def params_layout(model: IFPModel, cfg: ExperimentConfig, mesh: Mesh) -> Any:
     """Abstract params (ShapeDtypeStruct with .sharding) alone: what a params-only restore
     (stage chaining, eval, export) reads, without the optimizer state's shapes."""
-    specs = param_logical_specs(model, cfg)
+    specs, abstract = _traced_params(model, cfg)
     shardings = shd.logical_sharding(mesh, specs)
-    abstract = _abstract_params(model, cfg)
     shd.check_divisible(abstract, shardings)
     return jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -138,8 +138,7 @@ def params_layout(model: IFPModel, cfg: ExperimentConfig, mesh: Mesh) -> Any:
 def state_layout(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
                  mesh: Mesh) -> StateLayout:
     """The train state's abstract shapes, shardings and logical specs on `mesh`."""
-    param_specs = param_logical_specs(model, cfg)
-    abstract_params = _abstract_params(model, cfg)
+    param_specs, abstract_params = _traced_params(model, cfg)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     specs = TrainState(step=PartitionSpec(), params=param_specs,
                        opt_state=_opt_state_specs(abstract_opt, param_specs, abstract_params))

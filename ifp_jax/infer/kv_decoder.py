@@ -242,13 +242,11 @@ def decode_step(params: Any, cfg: ModelConfig, token: jax.Array, cache: KVCache,
 
     Per layer: this token's K/V are written into the cache at (row, lengths[row]), then the
     token attends to positions 0..lengths[row] of its row. Each weight is read once per step.
-    Writes past the cache are dropped: the caller sizes S to the prompt plus the tokens it
-    generates.
+    Writes past the cache land in its last slot: the caller sizes S to the prompt plus the
+    tokens it generates.
     """
     p = inference_params(params, cfg, dtype)
-    b = token.shape[0]
     pos = cache.lengths
-    rows = jnp.arange(b)
     cos, sin = rope_cos_sin(pos[:, None], cfg.head_dim, cfg.rope_theta)  # [B, 1, hd]
     module, variables = _embed(p, cfg, dtype)
     x = module.apply(variables, token[:, None])  # [B, 1, D]

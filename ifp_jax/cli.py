@@ -10,7 +10,8 @@
     ifp export --workdir DIR (--prompt T|--instruction T|--task N) --out DIR [--format hf orbax gguf]
     ifp generate (--workdir DIR | --model DIR) --prompt TEXT      stream a completion (KV cache)
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
-    ifp eval --workdir DIR [--mode MODE] [--eval-mask hard|lambda] held-out exact match
+    ifp eval --workdir DIR [--mask per-input|per-task|static|dense] [--eval-mask hard|lambda]
+             [--json]                                             held-out exact match per task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
     ifp list                                                      registered experiments
 
@@ -83,7 +84,8 @@ def _cmd_config(args) -> None:
 
 def _cmd_eval(args) -> None:
     from ifp_jax.eval.run import evaluate_workdir
-    evaluate_workdir(args.workdir, mode=args.mode, eval_mask=args.eval_mask)
+    evaluate_workdir(args.workdir, mask=args.mask, eval_mask=args.eval_mask,
+                     as_json=args.json)
 
 
 def _cmd_demo(args) -> None:
@@ -139,8 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="held-out exact match of a trained workdir")
     e.add_argument("--workdir", required=True)
-    e.add_argument("--mode", choices=["dense", "soft", "hard", "static", "given"], default=None)
+    e.add_argument("--mask", choices=["per-input", "per-task", "static", "dense"],
+                   default=None,
+                   help="per-input: the predictor reads each prompt; per-task: each task's "
+                        "instruction text, once; static: a static-mask run's mask; dense: none "
+                        "(default: what the run was trained with)")
     e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None)
+    e.add_argument("--json", action="store_true",
+                   help="print the results as one JSON object on stdout")
     e.set_defaults(fn=_cmd_eval)
 
     d = sub.add_parser("demo", help="dense source -> IFP CPT -> IFP SFT, then a per-task table")

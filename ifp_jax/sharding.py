@@ -8,6 +8,8 @@ replication (see `check_rules_cover`).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -55,7 +57,7 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
         # Debugging on a subset (e.g. mesh.data=1 on a multi-device host) is allowed, but said.
         if jax.process_index() == 0:
             print(f"[ifp] mesh uses {needed} of {len(devices)} devices "
-                  f"(set one mesh axis to -1 to use all)")
+                  f"(set one mesh axis to -1 to use all)", file=sys.stderr)
         devices = devices[:needed]
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 

@@ -56,6 +56,46 @@ def test_loss_falls_and_metrics_are_written(uninterrupted):
         assert f.read()
 
 
+def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrupted, capsys):
+    """`ifp eval --mask per-task --json`: one JSON object on stdout, the same in the workdir;
+    every example of a task uses one mask (within-task overlap exactly 1), and that mask is the
+    predictor's selection from the task's instruction text alone (what `ifp export --task`
+    keeps)."""
+    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.data.skills import task_instruction
+    from ifp_jax.eval.evaluate import per_task_masks
+    from ifp_jax.eval.run import evaluate_workdir, results_path
+    from ifp_jax.export.selection import Selector, predictor_tokens
+    cfg, workdir, final = uninterrupted
+    capsys.readouterr()
+    _, result = evaluate_workdir(workdir, mask="per-task", as_json=True)
+    record = json.loads(capsys.readouterr().out)
+    with open(results_path(workdir, "per-task", cfg.pruning.eval_mask)) as f:
+        assert json.load(f) == record
+    names = pipeline.eval_task_names(cfg.data)
+    assert set(record["per_task"]) == set(names) and record["mask"] == "per-task"
+    assert result.mask_stats["mask/overlap_within_task"] == pytest.approx(1.0)
+    assert result.mask_stats["mask/overlap_across_tasks"] < 1.0  # not one mask for everything
+
+    model, params = build_model(cfg), final.params
+    with jax.set_mesh(shd.make_mesh(cfg.mesh)):
+        table = np.asarray(per_task_masks(model, params, cfg, names))
+    select = Selector(model, cfg)
+    vocab = get_light_vocabulary(cfg.data.predictor_vocabulary)
+    for t, name in enumerate(names):
+        sel = select(params, predictor_tokens(vocab, task_instruction(name),
+                                              cfg.predictor.max_prompt_len))
+        np.testing.assert_allclose(table[t], sel.dense_mask(cfg.model.d_ffn), atol=1e-6,
+                                   err_msg=name)
+
+
+def test_eval_refuses_a_mask_the_run_cannot_make(uninterrupted):
+    from ifp_jax.eval.run import evaluate_workdir
+    _, workdir, _ = uninterrupted
+    with pytest.raises(ConfigError, match="pruning.mode=static"):
+        evaluate_workdir(workdir, mask="static")
+
+
 def test_checkpoint_round_trip_restores_state_and_next_batches(uninterrupted):
     cfg, workdir, final = uninterrupted
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)

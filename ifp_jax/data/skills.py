@@ -156,3 +156,16 @@ def generate(skill_name: str, split: str, n: int, seed: int = 0) -> list[dict]:
                          "prompt": format_prompt(instruction, text),
                          "response": skill.solve(text)})
     return examples
+
+
+def task_instruction(task: str) -> str:
+    """The instruction text of a task, the text its per-task mask is selected from (`ifp export
+    --task`, `ifp eval --mask per-task`): an embedded skill's first wording. Accepts the SeqIO
+    task name or the bare skill name."""
+    name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
+    if name in SKILLS:
+        return SKILLS[name].wordings[0]
+    from ifp_jax.config import ConfigError
+    known = ", ".join(SKILL_PREFIX + s for s in SKILLS)
+    raise ConfigError(f"task '{task}' has no registered instruction text (known: {known}); "
+                      f"pass its instruction with --instruction TEXT")

@@ -1,8 +1,14 @@
 """Held-out evaluation: per-task exact match with SeqIO's metric functions, plus mask statistics.
 
-For every task of the mixture that has metrics, the held-out examples' prompts go through the
-predictor once (mask selection), then greedy decoding with that fixed mask over a KV cache produces
-the answer, which is detokenised and scored by the task's own `metric_fns`.
+For every task of the mixture that has metrics, each held-out example gets an FFN mask, then
+greedy decoding with that fixed mask over a KV cache produces the answer, which is detokenised and
+scored by the task's own `metric_fns`. Where the mask comes from:
+
+  per-input  the predictor reads the example's own prompt (the run's pruning mode)
+  per-task   the predictor reads the task's instruction text once (`skills.task_instruction`);
+             every example of the task uses that one mask (PAPER.md §3)
+  static     the run's learned input-independent mask (pruning mode 'static')
+  dense      no mask: the whole LLM
 """
 
 from __future__ import annotations
@@ -54,17 +60,27 @@ def _exact_match_from_metrics(values: dict) -> float:
     raise ValueError(f"task metrics {sorted(values)} have no exact_match")
 
 
-def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
-    """Returns fn(params, batch) -> (generated [B, num_steps], mask [B, L, F] or zeros).
+MASKS = ("per-input", "per-task", "static", "dense")
 
-    The predictor runs once on the prompts (`IFPModel.select`); the decoder then prefills the
-    prompt and decodes greedily over a KV cache with that mask (none in dense mode): the same
-    tokens as recomputing the sequence per token (`greedy_decode_full`, tests/test_generate.py).
+
+def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
+    """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
+    zeros).
+
+    mask_table None: the predictor runs once on the prompts (`IFPModel.select`); else the masks
+    are mask_table [n_tasks, L, F] rows picked by batch['task_index'] [B]. The decoder then
+    prefills the prompt and decodes greedily over a KV cache with that mask (none in dense
+    mode): the same tokens as recomputing the sequence per token (`greedy_decode_full`,
+    tests/test_generate.py).
     """
 
-    def run(params, batch):
-        mask, _, _ = model.apply({"params": params}, batch, mode=mode, temperature=temperature,
-                                 train=False, method=IFPModel.select)
+    def run(params, batch, mask_table):
+        if mask_table is not None:
+            mask = mask_table[batch["task_index"]]
+        else:
+            mask, _, _ = model.apply({"params": params}, batch, mode=mode,
+                                     temperature=temperature, train=False,
+                                     method=IFPModel.select)
         inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
                                            batch["decoder_loss_weights"])
         generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
@@ -74,10 +90,36 @@ def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int)
     return run
 
 
+def per_task_masks(model: IFPModel, params: Any, cfg: ExperimentConfig, task_names: list[str],
+                   mode: str | None = None) -> jax.Array:
+    """[n_tasks, L, F]: row t is the mask the predictor selects from task t's instruction text
+    alone (the run's pruning mode and eval mask), computed once per task."""
+    from ifp_jax.data.skills import task_instruction
+    from ifp_jax.export.selection import predictor_tokens
+    mode = mode or cfg.pruning.mode
+    if mode not in ("soft", "hard"):
+        from ifp_jax.config import ConfigError
+        raise ConfigError(f"per-task masks need a run whose predictor selects units (pruning.mode "
+                          f"soft or hard), not {mode!r}")
+    vocab = vocab_lib.get_vocabulary(cfg.data.predictor_vocabulary)
+    tokens = np.concatenate([predictor_tokens(vocab, task_instruction(name),
+                                              cfg.predictor.max_prompt_len)
+                             for name in task_names])
+    batch = {"predictor_tokens": tokens,
+             "decoder_input_tokens": np.zeros((len(task_names), 1), np.int32)}
+    select = jax.jit(lambda p, b: model.apply({"params": p}, b, mode=mode,
+                                              temperature=cfg.pruning.temperature_end,
+                                              train=False, method=IFPModel.select)[0])
+    return jax.device_get(select(params, batch))
+
+
 def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
              task_names: list[str] | None = None, mode: str | None = None,
-             batch_size: int = 256, num_samples: int = 3) -> EvalResult:
-    """Exact match per held-out task (all processes compute the same full result)."""
+             batch_size: int = 256, num_samples: int = 3, per_task: bool = False) -> EvalResult:
+    """Exact match per held-out task (all processes compute the same full result).
+
+    mode: the pruning mode that selects masks (default: the run's); per_task: select each
+    task's mask once from its instruction text (`per_task_masks`) instead of per example."""
     mode = mode or cfg.pruning.mode
     task_names = task_names if task_names is not None else pipeline.eval_task_names(cfg.data)
     vocab = vocab_lib.get_vocabulary(cfg.data.vocabulary)
@@ -92,7 +134,12 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
     n_dev = mesh.devices.size
     batch_size = -(-min(batch_size, total) // n_dev) * n_dev
     padded = -(-total // batch_size) * batch_size
-    for k in EVAL_KEYS:  # pad by repeating the last example (its results are dropped)
+    table = None
+    if per_task:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+            table = per_task_masks(model, params, cfg, task_names, mode)
+        arrays["task_index"] = task_of
+    for k in arrays:  # pad by repeating the last example (its results are dropped)
         arrays[k] = np.concatenate([arrays[k], np.repeat(arrays[k][-1:], padded - total, 0)])
 
     run = make_eval_fn(model, mode, cfg.pruning.temperature_end, num_steps)
@@ -104,7 +151,7 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
             batch = {k: jax.make_array_from_callback(
                 (batch_size,) + v.shape[1:], shd.batch_sharding(mesh, v.ndim),
                 lambda idx, v=v, s=s: v[s:s + batch_size][idx]) for k, v in arrays.items()}
-            g, m = run(params, batch)
+            g, m = run(params, batch, table)
             gens.append(np.asarray(jax.device_get(g)))
             masks.append(m)
     generated = np.concatenate(gens)[:total]

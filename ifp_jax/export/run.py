@@ -21,20 +21,9 @@ import shutil
 import tempfile
 
 from ifp_jax.config import ConfigError
+from ifp_jax.data.skills import task_instruction
 
 FORMATS = ("hf", "orbax", "gguf")
-
-
-def task_instruction(task: str) -> str:
-    """The hand-written instruction of a registered task (embedded skills: first wording)."""
-    from ifp_jax.data import skills
-    from ifp_jax.data.skills import SKILL_PREFIX
-    name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
-    if name in skills.SKILLS:
-        return skills.SKILLS[name].wordings[0]
-    known = ", ".join(SKILL_PREFIX + s for s in skills.SKILLS)
-    raise ConfigError(f"task '{task}' has no registered instruction text (known: {known}); "
-                      f"pass its instruction with --instruction TEXT")
 
 
 def _check_out(out: str, overwrite: bool) -> str:

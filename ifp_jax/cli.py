@@ -10,7 +10,7 @@
     ifp export --workdir DIR (--prompt T|--instruction T|--task N) --out DIR [--format hf orbax gguf]
     ifp generate (--workdir DIR | --model DIR) --prompt TEXT      stream a completion (KV cache)
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
-    ifp eval --workdir DIR [--mask per-input|per-task|static|dense] [--eval-mask hard|lambda]
+    ifp eval --workdir DIR [--mask per-input|per-task|static|griffin|dense] [--eval-mask M]
              [--json]                                             held-out exact match per task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
     ifp list                                                      registered experiments
@@ -141,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="held-out exact match of a trained workdir")
     e.add_argument("--workdir", required=True)
-    e.add_argument("--mask", choices=["per-input", "per-task", "static", "dense"],
+    e.add_argument("--mask", choices=["per-input", "per-task", "static", "griffin", "dense"],
                    default=None,
                    help="per-input: the predictor reads each prompt; per-task: each task's "
-                        "instruction text, once; static: a static-mask run's mask; dense: none "
+                        "instruction text, once; static: a static-mask run's mask; griffin: "
+                        "the LLM's top-k units by activation on the prompt; dense: none "
                         "(default: what the run was trained with)")
     e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None)
     e.add_argument("--json", action="store_true",

@@ -17,7 +17,8 @@ import pytest
 
 from ifp_jax.config import ModelConfig, PredictorConfig, PruningConfig
 from ifp_jax.infer import generate as gen
-from ifp_jax.infer.kv_decoder import decode_step, fuse_mlp, gather_fused_mlp, prefill
+from ifp_jax.infer.kv_decoder import (decode_step, fuse_mlp, gather_fused_mlp, griffin_scores,
+                                      prefill)
 from ifp_jax.infer.sampling import sample, top_p_filter
 from ifp_jax.model.decoder import Decoder
 from ifp_jax.model.ifp import IFPModel
@@ -226,6 +227,26 @@ def _gathered(params, cfg, mask_row, scale):
         small[f"layers_{i}"] = dict(lp, mlp=gather_mlp_units(
             lp["mlp"], keep, None if scale is None else scale[i, keep]))
     return small, dataclasses.replace(cfg, d_ffn=K, scan_layers=False)
+
+
+def test_griffin_scores_match_the_decoders_own_activations():
+    """GRIFFIN's statistic from the inference path == the same formula in NumPy over the
+    training Decoder's captured gate/up outputs, each row over its own prompt tokens only."""
+    cfg = dataclasses.replace(CFG, scan_layers=False)
+    params = _params(cfg)
+    tokens, lengths = gen.pad_prompts(PROMPTS)
+    got = np.asarray(jax.jit(griffin_scores, static_argnums=1)(params, cfg, tokens, lengths))
+    assert got.shape == (len(PROMPTS), cfg.n_layers, cfg.d_ffn)
+    _, state = Decoder(cfg).apply({"params": params}, tokens, None, capture_intermediates=True,
+                                  mutable=["intermediates"])
+    for layer in range(cfg.n_layers):
+        mlp = state["intermediates"][f"layers_{layer}"]["mlp"]
+        hidden = np.asarray(jax.nn.silu(mlp["gate_proj"]["__call__"][0])
+                            * mlp["up_proj"]["__call__"][0])  # [B, T, F]
+        for b, n in enumerate(lengths):
+            z = hidden[b, :n] / np.linalg.norm(hidden[b, :n], axis=-1, keepdims=True)
+            np.testing.assert_allclose(got[b, layer], np.sqrt((z * z).sum(0)), rtol=1e-4,
+                                       atol=1e-6, err_msg=f"row {b} layer {layer}")
 
 
 def test_gathering_a_fused_mlp_equals_fusing_the_gathered_one():

@@ -89,6 +89,18 @@ def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrup
                                    err_msg=name)
 
 
+def test_griffin_eval_keeps_k_prompt_dependent_units(uninterrupted):
+    """`ifp eval --mask griffin`: training-free selection on the run's LLM; k units per layer,
+    different prompts keeping different units; results under their own file name."""
+    from ifp_jax.eval.run import evaluate_workdir, results_path
+    cfg, workdir, _ = uninterrupted
+    _, result = evaluate_workdir(workdir, mask="griffin", verbose=False)
+    assert os.path.exists(results_path(workdir, "griffin", cfg.pruning.eval_mask))
+    assert set(result.per_task) == set(pipeline.eval_task_names(cfg.data))
+    assert 0.0 <= result.mean <= 1.0
+    assert 0.0 < result.mask_stats["mask/overlap_across_tasks"] < 1.0
+
+
 def test_eval_refuses_a_mask_the_run_cannot_make(uninterrupted):
     from ifp_jax.eval.run import evaluate_workdir
     _, workdir, _ = uninterrupted

@@ -8,6 +8,8 @@ scored by the task's own `metric_fns`. Where the mask comes from:
   per-task   the predictor reads the task's instruction text once (`skills.task_instruction`);
              every example of the task uses that one mask (PAPER.md §3)
   static     the run's learned input-independent mask (pruning mode 'static')
+  griffin    training-free: the LLM's own top-k FFN units by activation over the prompt
+             (GRIFFIN, `kv_decoder.griffin_scores`); any run, dense ones included
   dense      no mask: the whole LLM
 """
 
@@ -29,6 +31,8 @@ from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline, vocab as vocab_lib
 from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
+from ifp_jax.infer.kv_decoder import griffin_scores
+from ifp_jax.model.soft_topk import topk_indicator
 from ifp_jax.model.ifp import IFPModel
 
 EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
@@ -60,29 +64,34 @@ def _exact_match_from_metrics(values: dict) -> float:
     raise ValueError(f"task metrics {sorted(values)} have no exact_match")
 
 
-MASKS = ("per-input", "per-task", "static", "dense")
+MASKS = ("per-input", "per-task", "static", "griffin", "dense")
 
 
 def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
     """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
     zeros).
 
-    mask_table None: the predictor runs once on the prompts (`IFPModel.select`); else the masks
-    are mask_table [n_tasks, L, F] rows picked by batch['task_index'] [B]. The decoder then
+    mask_table None: the predictor runs once on the prompts (`IFPModel.select`), or for mode
+    'griffin' the LLM scores its own units on them; else the masks are mask_table
+    [n_tasks, L, F] rows picked by batch['task_index'] [B]. The decoder then
     prefills the prompt and decodes greedily over a KV cache with that mask (none in dense
     mode): the same tokens as recomputing the sequence per token (`greedy_decode_full`,
     tests/test_generate.py).
     """
 
     def run(params, batch, mask_table):
+        inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
+                                           batch["decoder_loss_weights"])
         if mask_table is not None:
             mask = mask_table[batch["task_index"]]
+        elif mode == "griffin":
+            scores = griffin_scores(params["decoder"], model.model_cfg, inputs, start + 1,
+                                    model.dtype)
+            mask = topk_indicator(scores, model.pruning_cfg.keep_k)
         else:
             mask, _, _ = model.apply({"params": params}, batch, mode=mode,
                                      temperature=temperature, train=False,
                                      method=IFPModel.select)
-        inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
-                                           batch["decoder_loss_weights"])
         generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
                                         num_steps, mask, model.dtype)
         return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))

@@ -29,8 +29,8 @@ def _selection_mode(mask: str, cfg: ExperimentConfig) -> tuple[str, bool]:
     """--mask -> (pruning mode that selects, per-task?)."""
     if mask not in MASKS:
         raise ConfigError(f"--mask must be one of {', '.join(MASKS)}, not {mask!r}")
-    if mask == "dense":
-        return "dense", False
+    if mask in ("dense", "griffin"):  # the LLM alone: any run
+        return mask, False
     if mask == "static":
         if cfg.pruning.mode != "static":
             raise ConfigError(f"--mask static needs a run trained with pruning.mode=static "

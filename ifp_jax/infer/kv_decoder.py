@@ -29,7 +29,8 @@ dense, masked and exported models.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -148,14 +149,17 @@ def _qkv(lp: dict, cfg: ModelConfig, x: jax.Array, cos, sin, dtype):
 
 
 def _finish_layer(lp: dict, cfg: ModelConfig, x: jax.Array, attn: jax.Array,
-                  mask_row: jax.Array | None, dtype) -> jax.Array:
+                  mask_row: jax.Array | None, dtype, probe: Callable | None = None) -> jax.Array:
     """Output projection, residual, then MaskedMLP's masked FFN and its residual:
-    down(silu(gate) * up * mask), over the fused gate/up kernel."""
+    down(silu(gate) * up * mask), over the fused gate/up kernel. probe, if given, is called
+    with the unmasked hidden units silu(gate) * up [B, T, F]."""
     x = x + Projection((cfg.d_model,), (), n_in=2, dtype=dtype).apply(
         {"params": lp["self_attn"]["o_proj"]}, attn)
     h = RMSNorm(cfg.norm_eps, dtype).apply({"params": lp["post_attention_layernorm"]}, x)
     gate, up = jnp.split(_matmul(h, lp["mlp"]["gate_up"]["kernel"], dtype), 2, axis=-1)
     hidden = nn.silu(gate) * up
+    if probe is not None:
+        probe(hidden)
     if mask_row is not None:
         hidden = hidden * mask_row[:, None, :].astype(hidden.dtype)
     return x + _matmul(hidden, lp["mlp"]["down_proj"]["kernel"], dtype)
@@ -197,14 +201,16 @@ def _attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) 
 
 
 def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array,
-            mask: jax.Array | None, cache_len: int, dtype: Any = jnp.float32
-            ) -> tuple[jax.Array, KVCache]:
+            mask: jax.Array | None, cache_len: int, dtype: Any = jnp.float32,
+            ffn_probe: Callable | None = None) -> tuple[jax.Array, KVCache]:
     """Runs right-padded prompts and fills the cache.
 
     Args:
       tokens: [B, T] int, row b's prompt in tokens[b, :lengths[b]] (lengths >= 1).
       mask: [B, L, F] FFN mask or None (dense).
       cache_len: S >= T + tokens to generate (static).
+      ffn_probe: called as ffn_probe(layer, hidden [B, T, F]) with each layer's FFN hidden
+        units before the mask (padding positions included).
     Returns: logits [B, V] f32 of each row's last prompt token, and the cache.
     """
     p = inference_params(params, cfg, dtype)
@@ -228,7 +234,8 @@ def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array
             out = splash_attention(q, k, v, segment_ids)
         else:
             out = xla_attention(q, k, v, attn_mask)
-        x = _finish_layer(lp, cfg, x, out, _layer_mask(mask, i), dtype)
+        probe = None if ffn_probe is None else functools.partial(ffn_probe, i)
+        x = _finish_layer(lp, cfg, x, out, _layer_mask(mask, i), dtype, probe)
         ks.append(grow(k.transpose(0, 2, 3, 1), 3).reshape(-1, cfg.head_dim, cache_len))
         vs.append(grow(v.transpose(0, 2, 1, 3), 2).reshape(-1, cache_len, cfg.head_dim))
     last = x[jnp.arange(b), lengths - 1]  # [B, D]
@@ -261,3 +268,25 @@ def decode_step(params: Any, cfg: ModelConfig, token: jax.Array, cache: KVCache,
         ks.append(ck)
         vs.append(cv)
     return _logits(p, cfg, x[:, 0], dtype), KVCache(tuple(ks), tuple(vs), pos + 1)
+
+
+def griffin_scores(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array,
+                   dtype: Any = jnp.float32) -> jax.Array:
+    """GRIFFIN's training-free FFN unit scores (Dong et al., 2024) of each prompt: [B, L, F] f32.
+
+    The dense LLM reads the prompt; per layer, each prompt token's hidden units
+    silu(gate) * up are scaled to unit l2 norm over F, and unit i scores the l2 norm over the
+    prompt's tokens of its scaled activations. The top-k per layer are GRIFFIN's selection.
+    tokens [B, T] right-padded, lengths [B] (positions >= length are padding and ignored).
+    """
+    t = tokens.shape[1]
+    valid = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.float32)  # [B, T]
+    scores = [None] * cfg.n_layers
+
+    def probe(layer, hidden):
+        h = hidden.astype(jnp.float32)
+        h = h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
+        scores[layer] = jnp.sqrt(jnp.einsum("btf,bt->bf", h * h, valid))
+
+    prefill(params, cfg, tokens, lengths, None, t, dtype, ffn_probe=probe)
+    return jnp.stack(scores, axis=1)

@@ -222,6 +222,18 @@ def load_json(path: str) -> ExperimentConfig:
         return from_dict(ExperimentConfig, json.load(f))
 
 
+WORKDIR_CONFIG = "config.json"  # the resolved config a run writes into its workdir
+
+
+def load_workdir_config(workdir: str) -> ExperimentConfig:
+    """The config an `ifp train` run wrote into `workdir` (light: no JAX, no orbax)."""
+    import os
+    path = os.path.join(workdir, WORKDIR_CONFIG)
+    if not os.path.exists(path):
+        raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
+    return load_json(path)
+
+
 def _unknown_key_message(key: str, names: list[str], prefix: str) -> str:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1, cutoff=0.5)
     hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(names)}"

@@ -158,13 +158,16 @@ def generate(skill_name: str, split: str, n: int, seed: int = 0) -> list[dict]:
     return examples
 
 
-def task_instruction(task: str) -> str:
+def task_instruction(task: str, jsonl_path: str = "") -> str:
     """The instruction text of a task, the text its per-task mask is selected from (`ifp export
-    --task`, `ifp eval --mask per-task`): an embedded skill's first wording. Accepts the SeqIO
-    task name or the bare skill name."""
+    --task`, `ifp eval --mask per-task`): an embedded skill's first wording, or a user task's
+    manifest entry (data.jsonl_path; user_tasks.py). Accepts SeqIO or bare names."""
     name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
     if name in SKILLS:
         return SKILLS[name].wordings[0]
+    from ifp_jax.data import user_tasks
+    if jsonl_path and user_tasks.is_multitask(jsonl_path):
+        return user_tasks.user_instruction(task, jsonl_path)
     from ifp_jax.config import ConfigError
     known = ", ".join(SKILL_PREFIX + s for s in SKILLS)
     raise ConfigError(f"task '{task}' has no registered instruction text (known: {known}); "

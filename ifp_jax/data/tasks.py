@@ -1,5 +1,8 @@
 """SeqIO registrations: one task per embedded skill, CPT over any text, user JSONL, mixtures.
 
+A user's JSONL (data.jsonl_path) is one task, 'ifp_jsonl', or, as a directory of task files or
+lines with a 'task' field, one task per user task in the mixture 'ifp_user' (user_tasks.py).
+
 Every task emits the same three output features, which the pipeline turns into the batch contract:
   'predictor_tokens'  the prompt in the PREDICTOR's vocabulary (each vocabulary tokenizes the text),
   'inputs'            the prompt in the LLM vocabulary (no EOS),
@@ -24,6 +27,7 @@ from ifp_jax.config import DataConfig
 from ifp_jax.data import skills
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
+from ifp_jax.data.user_tasks import USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks
 from ifp_jax.data.vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
@@ -130,31 +134,30 @@ def register_skill_tasks(data_cfg: DataConfig) -> list[str]:
 
 # ----------------------------------------------------------------------------- JSONL
 
-def read_jsonl(path: str) -> list[dict]:
-    """Parses {"prompt": str, "response": str} lines; errors name `file:line` and the fix."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such JSONL file; set data.jsonl_path to an existing file")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                obj = None
-            if not (isinstance(obj, dict) and isinstance(obj.get("prompt"), str)
-                    and isinstance(obj.get("response"), str)):
-                raise DataError(f"{path}:{lineno}: expected JSON object with string fields "
-                                f"'prompt' and 'response'")
-            if not obj["prompt"].strip():
-                raise DataError(f"{path}:{lineno}: empty 'prompt'; every example needs a "
-                                f"non-empty prompt for the predictor to read")
-            examples.append({"prompt": obj["prompt"], "response": obj["response"]})
-    if not examples:
-        raise DataError(f"{path}: no examples; add lines like "
-                        f'{{"prompt": "...", "response": "..."}}')
-    return examples
+def _held_out_splits(examples) -> dict:
+    return {"train": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY != 19],
+            "validation": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY == 19]}
+
+
+def register_user_tasks(path: str, data_cfg: DataConfig) -> list[tuple[str, float]]:
+    """One task per user task of a multi-task data.jsonl_path (user_tasks.py), each with its
+    own held-out split (every 20th example); returns [(task name, manifest rate)]."""
+    out = []
+    for task in read_user_tasks(path):
+        splits = _held_out_splits(task.examples)
+        if not splits["validation"]:
+            raise DataError(f"user task '{task.name}' has {len(task.examples)} examples; it needs "
+                            f"at least {JSONL_HELD_OUT_EVERY} (every 20th is held out)")
+
+        def dataset_fn(split, shuffle_files=False, seed=None, splits=splits):
+            del shuffle_files, seed
+            return _prompt_response_dataset(splits[split])
+
+        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
+                                  [list(e.values()) for e in task.examples]])
+        _register_prompt_response(task.name, fingerprint, data_cfg, dataset_fn)
+        out.append((task.name, task.rate))
+    return out
 
 
 def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
@@ -162,9 +165,7 @@ def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
 
     Held out for 'validation': every 20th example (i % 20 == 19, blank lines not counted).
     """
-    examples = read_jsonl(path)
-    splits = {"train": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY != 19],
-              "validation": [e for i, e in enumerate(examples) if i % JSONL_HELD_OUT_EVERY == 19]}
+    splits = _held_out_splits(read_jsonl(path))
 
     def dataset_fn(split, shuffle_files=False, seed=None):
         del shuffle_files, seed
@@ -279,7 +280,9 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     register_cpt_task(CPT_STDLIB, stdlib_texts, data_cfg,
                       source_id=f"stdlib:{sysconfig.get_paths()['stdlib']}:"
                                 f"{json.dumps(CPT_STDLIB_MAX_BYTES)}")
-    if data_cfg.jsonl_path:
+    if data_cfg.jsonl_path and is_multitask(data_cfg.jsonl_path):
+        _add_mixture(USER_MIXTURE, register_user_tasks(data_cfg.jsonl_path, data_cfg))
+    elif data_cfg.jsonl_path:
         register_jsonl_task(JSONL_TASK, data_cfg.jsonl_path, data_cfg)
     _add_mixture("ifp_multiskill", [(t, 1.0) for t in skill_tasks])
     _add_mixture("ifp_cpt", [(CPT_STDLIB, 1.0)])

@@ -111,7 +111,8 @@ def per_task_masks(model: IFPModel, params: Any, cfg: ExperimentConfig, task_nam
         raise ConfigError(f"per-task masks need a run whose predictor selects units (pruning.mode "
                           f"soft or hard), not {mode!r}")
     vocab = vocab_lib.get_vocabulary(cfg.data.predictor_vocabulary)
-    tokens = np.concatenate([predictor_tokens(vocab, task_instruction(name),
+    tokens = np.concatenate([predictor_tokens(vocab, task_instruction(name,
+                                                                      cfg.data.jsonl_path),
                                               cfg.predictor.max_prompt_len)
                              for name in task_names])
     batch = {"predictor_tokens": tokens,

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 
-from ifp_jax.config import ConfigError
+from ifp_jax.config import ConfigError, load_workdir_config
 from ifp_jax.data.skills import task_instruction
 
 FORMATS = ("hf", "orbax", "gguf")
@@ -46,9 +46,10 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     if any(f not in FORMATS for f in formats):
         raise ConfigError(f"--format must be among {', '.join(FORMATS)}")
     out = _check_out(out, overwrite)
+    cfg = load_workdir_config(workdir)
     text, kind = ((prompt, "prompt") if prompt is not None else
                   (instruction, "instruction") if instruction is not None else
-                  (task_instruction(task), "task"))
+                  (task_instruction(task, cfg.data.jsonl_path), "task"))
     if not text or not text.strip():
         raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
 
@@ -60,7 +61,6 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     from ifp_jax.train.state import build_model, params_layout
     from ifp_jax import sharding as shd
 
-    cfg = ckpt_lib.load_workdir_config(workdir)
     model = build_model(cfg)
     mesh = shd.make_mesh(cfg.mesh)
     step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))

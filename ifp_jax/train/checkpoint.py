@@ -30,7 +30,7 @@ import jax
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
 STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
 
@@ -156,11 +156,7 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
         os.replace(tmp, path)
 
 
-def load_workdir_config(workdir: str) -> ExperimentConfig:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
-    return config_lib.load_json(path)
+load_workdir_config = config_lib.load_workdir_config  # where the run writes it: CONFIG_FILE
 
 
 def restore_latest_params(workdir: str, abstract_params: Any,

@@ -76,6 +76,10 @@ def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrup
     assert set(record["per_task"]) == set(names) and record["mask"] == "per-task"
     assert result.mask_stats["mask/overlap_within_task"] == pytest.approx(1.0)
     assert result.mask_stats["mask/overlap_across_tasks"] < 1.0  # not one mask for everything
+    with open(os.path.join(record["mask_report"], "overlap.json")) as f:  # the Figure 3 data
+        assert json.load(f)["all"]["within"] == pytest.approx(1.0)
+    assert os.path.exists(os.path.join(record["mask_report"], "overlap_all.png"))
+    assert os.path.exists(os.path.join(record["mask_report"], "collapse.png"))
 
     model, params = build_model(cfg), final.params
     with jax.set_mesh(shd.make_mesh(cfg.mesh)):

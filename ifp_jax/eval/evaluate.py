@@ -43,6 +43,8 @@ class EvalResult:
     per_task: dict[str, float]  # task -> exact match in [0, 1]
     mask_stats: dict[str, float]
     samples: dict[str, list[tuple[str, str, str]]]  # task -> [(prompt, target, prediction)]
+    kept: np.ndarray | None = None  # [N, L, F] bool: units each held-out example kept (masked)
+    task_of: np.ndarray | None = None  # [N] index into per_task's tasks
 
     @property
     def mean(self) -> float:
@@ -179,9 +181,11 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
                                  preds[:num_samples]))
         offset += n
 
-    stats = {}
+    stats, kept = {}, None
     if mode != "dense":
         all_masks = jnp.concatenate([jax.device_get(m) for m in masks])[:total]
         stats = metric.compute(mask_statistics(all_masks, None, jnp.asarray(task_of),
                                                len(task_names), cfg.pruning.keep_k))
-    return EvalResult(per_task=per_task, mask_stats=stats, samples=samples)
+        kept = np.asarray(all_masks) != 0
+    return EvalResult(per_task=per_task, mask_stats=stats, samples=samples, kept=kept,
+                      task_of=task_of)

@@ -1,7 +1,8 @@
 """`ifp eval`: restore a workdir's latest params (params only) and report held-out exact match.
 
 Results go to DIR/eval_<mask>_<eval mask>.json (e.g. eval_per-task_lambda.json), so evaluations
-under different masks sit side by side; `--json` prints the same object on stdout.
+under different masks sit side by side; `--json` prints the same object on stdout. Masked
+evaluations also write the mask analysis (eval/mask_analysis.py) to DIR/masks_<mask>_<eval mask>/.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig, replace
 from ifp_jax.data import tasks
 from ifp_jax.eval.evaluate import MASKS, EvalResult, evaluate
+from ifp_jax.eval.mask_analysis import write_mask_report
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train.state import build_model, params_layout
 
@@ -68,6 +70,12 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
               "mean": result.mean, "mask_stats": result.mask_stats,
               "samples": {k: [list(s) for s in v] for k, v in result.samples.items()}}
     if jax.process_index() == 0:
+        if result.kept is not None:
+            report_dir = os.path.join(workdir, f"masks_{mask}_{cfg.pruning.eval_mask}")
+            write_mask_report(report_dir, result.kept, result.task_of, list(result.per_task),
+                              f"{os.path.basename(os.path.abspath(workdir))}, {mask} masks",
+                              os.path.join(workdir, "metrics.jsonl"))
+            record["mask_report"] = report_dir
         with open(results_path(workdir, mask, cfg.pruning.eval_mask), "w") as f:
             json.dump(record, f, indent=2)
         if as_json:

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 from ifp_jax.config import ModelConfig
 from ifp_jax.model.attention import (causal_segment_mask, splash_attention, splash_supported,
                                      xla_attention)
-from ifp_jax.model.layers import Projection, RMSNorm, apply_rope, rope_cos_sin
+from ifp_jax.model.layers import (Projection, RMSNorm, apply_rope, gather_mlp_units,
+                                  rope_cos_sin)
 
 _MATMUL_LEAVES = ("kernel", "embedding")
 
@@ -106,12 +107,10 @@ def gather_fused_mlp(mlp: dict, keep_idx: jax.Array, scale: jax.Array | None = N
     """`gather_mlp_units` on a fused MLP: the kept k units' gate and up columns [D, 2k] and
     down rows [k, D] (times scale [k], when given)."""
     f = mlp["down_proj"]["kernel"].shape[0]
-    down = mlp["down_proj"]["kernel"][keep_idx]
-    if scale is not None:
-        down = down * scale[:, None].astype(down.dtype)
-    return {"gate_up": {"kernel": mlp["gate_up"]["kernel"][:, jnp.concatenate([keep_idx,
-                                                                               keep_idx + f])]},
-            "down_proj": {"kernel": down}}
+    gate_up = mlp["gate_up"]["kernel"]
+    return fuse_mlp(gather_mlp_units({"gate_proj": {"kernel": gate_up[:, :f]},
+                                      "up_proj": {"kernel": gate_up[:, f:]},
+                                      "down_proj": mlp["down_proj"]}, keep_idx, scale))
 
 
 def _embed(params: dict, cfg: ModelConfig, dtype) -> tuple[nn.Embed, dict]:

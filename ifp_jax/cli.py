@@ -13,6 +13,7 @@
     ifp eval --workdir DIR [--mask per-input|per-task|static|griffin|dense] [--eval-mask M]
              [--json]                                             held-out exact match per task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
+    ifp compare [COMPARISON] --workdir DIR [--seeds N] [overrides] IFP vs baselines, equal budgets
     ifp list                                                      registered experiments
 
 User errors (config typos, unknown experiment/task, malformed data, incompatible workdir) print
@@ -93,6 +94,14 @@ def _cmd_demo(args) -> None:
     run_demo(args.workdir, args.overrides)
 
 
+def _cmd_compare(args) -> None:
+    from experiments.drivers.compare import run_compare
+    comparison, overrides = args.comparison, list(args.overrides)
+    if "=" in comparison:  # no comparison named: the first word is an override
+        comparison, overrides = "tiny_multiskill", [comparison] + overrides
+    run_compare(args.workdir, comparison, args.seeds, overrides)
+
+
 def _cmd_list(args) -> None:
     import experiments
     print("\n".join(experiments.names()))
@@ -157,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="applied to every stage, e.g. train.compute_dtype=float32")
     d.set_defaults(fn=_cmd_demo)
+
+    cm = sub.add_parser("compare", help="IFP vs dense-full, dense-small, static and GRIFFIN at "
+                                         "equal budgets -> DIR/report.md")
+    cm.add_argument("comparison", nargs="?", default="tiny_multiskill")
+    cm.add_argument("--workdir", required=True)
+    cm.add_argument("--seeds", type=int, default=2)
+    cm.add_argument("overrides", nargs="*", metavar="section.key=value",
+                    help="applied to every stage of every arm, e.g. data.mixture=ifp_user "
+                         "data.jsonl_path=my_tasks")
+    cm.set_defaults(fn=_cmd_compare)
 
     from ifp_jax.bench.cli import add_parser as add_bench_parser
     from ifp_jax.export.cli import add_parser as add_export_parser

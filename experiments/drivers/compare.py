@@ -1,0 +1,230 @@
+"""`ifp compare`: IFP against the baselines at equal budgets after one shared dense source.
+
+Per seed (train.seed = data.seed = s), in DIR/seed<s>/<arm>/<stage>:
+
+  source       the dense source (the comparison's source experiment), shared by every arm
+  dense_full   the source continued densely on the IFP stages' data (CPT, then SFT)
+  ifp          IFP CPT + SFT from the source (the paper's method); evaluated per input and per
+               task (one mask per task from its instruction text)
+  static       the same stages with a learned input-independent mask (same SoftTopK, same k)
+  dense_small  a dense model with d_ffn = k trained from scratch on the source's data and budget,
+               then on the IFP stages' data: the source's steps + the IFP stages' steps
+and training-free GRIFFIN selection (top-k units by the LLM's own activations on the prompt) on
+the source and on dense_full. Every arm after the source sees the same batches (same stage
+experiments, same seeds) for the same steps; the report states each arm's tokens and time.
+
+Each stage resumes like `ifp train`, and a finished stage (DIR/.../<stage>/stage_done.json) or
+evaluation (its eval_*.json) is not redone: rerunning the command only adds what is missing.
+Writes DIR/report.md (a per-task table in the style of PAPER.md Table 1: mean and spread over
+seeds) and DIR/report.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+
+import experiments
+from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, replace
+
+# A comparison: its source, CPT and SFT stage experiments (registered names).
+COMPARISONS = {"tiny_multiskill": ("tiny_multiskill_dense", "tiny_multiskill_cpt",
+                                   "tiny_multiskill")}
+STAGE_DONE = "stage_done.json"
+K_BINDS_GAP = 0.05  # dense-full ahead of dense-small by this much: k binds
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # sub-directory of the arm
+    role: str  # 'source', 'cpt' or 'sft': which stage experiment it runs
+    mode: str  # pruning.mode
+    init_llm: str = ""  # 'shared_source' or a stage name of the same arm
+    init_predictor: str = ""
+    small: bool = False  # model.d_ffn = k
+
+
+ARMS = {
+    "source": (Stage("source", "source", "dense"),),
+    "dense_full": (Stage("cpt", "cpt", "dense", "shared_source"),
+                   Stage("sft", "sft", "dense", "cpt")),
+    "ifp": (Stage("cpt", "cpt", "soft", "shared_source"),
+            Stage("sft", "sft", "soft", "cpt", "cpt")),
+    "static": (Stage("cpt", "cpt", "static", "shared_source"),
+               Stage("sft", "sft", "static", "cpt", "cpt")),
+    "dense_small": (Stage("source", "source", "dense", small=True),
+                    Stage("cpt", "cpt", "dense", "source", small=True),
+                    Stage("sft", "sft", "dense", "cpt", small=True)),
+}
+# Report rows: (label, arm, ifp eval --mask, --eval-mask or None for the run's own).
+EVALS = (
+    ("dense source", "source", "dense", None),
+    ("dense source + GRIFFIN", "source", "griffin", None),
+    ("dense-full", "dense_full", "dense", None),
+    ("dense-full + GRIFFIN", "dense_full", "griffin", None),
+    ("dense-small (F = k)", "dense_small", "dense", None),
+    ("static (lambda)", "static", "static", "lambda"),
+    ("static (0/1)", "static", "static", "hard"),
+    ("IFP per-input (lambda)", "ifp", "per-input", "lambda"),
+    ("IFP per-input (0/1)", "ifp", "per-input", "hard"),
+    ("IFP per-task (lambda)", "ifp", "per-task", "lambda"),
+)
+
+
+def stage_config(comparison: str, stage: Stage, seed: int, overrides: list[str],
+                 dirs: dict[str, str]) -> ExperimentConfig:
+    """The stage's experiment + overrides, with its mode, seed, width and init sources."""
+    if comparison not in COMPARISONS:
+        raise ConfigError(f"unknown comparison '{comparison}'; known: {', '.join(COMPARISONS)}")
+    names = dict(zip(("source", "cpt", "sft"), COMPARISONS[comparison]))
+    cfg = apply_overrides(experiments.get(names[stage.role]), overrides)
+    k = cfg.pruning.keep_k
+    cfg = replace(cfg, pruning=replace(cfg.pruning, mode=stage.mode),
+                  data=replace(cfg.data, seed=seed),
+                  train=replace(cfg.train, seed=seed,
+                                init_llm_from=dirs.get(stage.init_llm, ""),
+                                init_predictor_from=dirs.get(stage.init_predictor, "")))
+    if stage.small:
+        cfg = replace(cfg, model=replace(cfg.model, d_ffn=k))
+    return cfg
+
+
+def _train_stage(cfg: ExperimentConfig, workdir: str) -> dict:
+    """Trains (or resumes) one stage unless it finished before; returns its record."""
+    done = os.path.join(workdir, STAGE_DONE)
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    from ifp_jax.train.loop import train
+    t0 = time.time()
+    train(cfg, workdir)
+    record = {"seconds": time.time() - t0, "steps": cfg.train.steps,
+              "tokens": cfg.train.steps * cfg.data.global_batch_size * cfg.data.seq_len,
+              "d_ffn": cfg.model.d_ffn, "keep_k": cfg.pruning.keep_k, "mode": cfg.pruning.mode}
+    with open(done, "w") as f:
+        json.dump(record, f)
+    return record
+
+
+def _evaluate(workdir: str, mask: str, eval_mask: str | None) -> dict:
+    """An evaluation's record (eval/run.py's JSON), computed once."""
+    from ifp_jax.config import load_workdir_config
+    from ifp_jax.eval.run import evaluate_workdir, results_path
+    run_eval_mask = eval_mask or load_workdir_config(workdir).pruning.eval_mask
+    path = results_path(workdir, mask, run_eval_mask)
+    if not os.path.exists(path):
+        evaluate_workdir(workdir, mask=mask, eval_mask=eval_mask, verbose=False)
+    with open(path) as f:
+        return json.load(f)
+
+
+def active_ffn_params(cfg: ExperimentConfig, units: int) -> int:
+    """FFN weights one token uses: gate, up and down of `units` units in every layer."""
+    return 3 * cfg.model.d_model * units * cfg.model.n_layers
+
+
+def run_compare(workdir: str, comparison: str = "tiny_multiskill", seeds: int = 2,
+                overrides: list[str] | None = None, log=print) -> dict:
+    overrides = list(overrides or [])
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    runs: dict[int, dict] = {}
+    for seed in range(seeds):
+        base = os.path.join(workdir, f"seed{seed}")
+        stages: dict[str, dict] = {}
+        for arm, arm_stages in ARMS.items():
+            dirs = {"shared_source": os.path.join(base, "source", "source")}
+            stages[arm] = {}
+            for stage in arm_stages:
+                dirs[stage.name] = os.path.join(base, arm, stage.name)
+                cfg = stage_config(comparison, stage, seed, overrides, dirs)
+                log(f"=== seed {seed} {arm}/{stage.name} ({cfg.name}, mode {stage.mode}"
+                    f"{', d_ffn ' + str(cfg.model.d_ffn) if stage.small else ''}) ===")
+                stages[arm][stage.name] = _train_stage(cfg, dirs[stage.name])
+            stages[arm]["final"] = dirs[arm_stages[-1].name]
+        evals = {}
+        for label, arm, mask, eval_mask in EVALS:
+            log(f"=== seed {seed} eval {label} ===")
+            evals[label] = _evaluate(stages[arm]["final"], mask, eval_mask)
+        runs[seed] = {"stages": stages, "evals": evals}
+    source_cfg = stage_config(comparison, ARMS["source"][0], 0, overrides, {})
+    report = summarize(runs, source_cfg)
+    write_report(workdir, report)
+    log(format_markdown(report))
+    return report
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarize(runs: dict[int, dict], source_cfg: ExperimentConfig) -> dict:
+    """Per row: per-task and overall exact match (mean, sd over seeds); budgets per arm."""
+    f, k = source_cfg.model.d_ffn, source_cfg.pruning.keep_k
+    rows = {}
+    for label, arm, mask, _ in EVALS:
+        per_seed = [run["evals"][label] for run in runs.values()]
+        tasks = list(per_seed[0]["per_task"])
+        units = f if (arm in ("source", "dense_full") and mask == "dense") else k
+        run0 = next(iter(runs.values()))["stages"]
+        own = {name: st["tokens"] for name, st in run0[arm].items() if name != "final"}
+        shared = run0["source"]["source"]["tokens"]
+        if arm == "source":
+            total, after = shared, 0
+        elif arm == "dense_small":  # its own source stage replaces the shared one
+            total, after = sum(own.values()), sum(own.values()) - own["source"]
+        else:
+            total, after = shared + sum(own.values()), sum(own.values())
+        seconds = [sum(st["seconds"] for name, st in run["stages"][arm].items()
+                       if name != "final") for run in runs.values()]
+        rows[label] = {
+            "arm": arm, "mask": mask,
+            "per_task": {t: _mean_sd([e["per_task"][t] for e in per_seed]) for t in tasks},
+            "mean": _mean_sd([e["mean"] for e in per_seed]),
+            "active_ffn_params": active_ffn_params(source_cfg, units),
+            "train_tokens_total": total,
+            "train_tokens_after_source": after,
+            "train_seconds": statistics.fmean(seconds),
+        }
+    full, small = rows["dense-full"]["mean"]["mean"], rows["dense-small (F = k)"]["mean"]["mean"]
+    return {"seeds": len(runs), "d_ffn": f, "keep_k": k, "rows": rows,
+            "k_binds": {"dense_full_minus_dense_small": full - small}}
+
+
+def format_markdown(report: dict) -> str:
+    rows = report["rows"]
+    tasks = list(next(iter(rows.values()))["per_task"])
+    short = [t.replace("ifp_skill_", "").replace("ifp_user_", "") for t in tasks]
+    cell = lambda m: f"{m['mean']:.3f} ± {m['sd']:.3f}" if m["n"] > 1 else f"{m['mean']:.3f}"
+    lines = [f"# ifp compare: k = {report['keep_k']} of {report['d_ffn']} FFN units per layer, "
+             f"{report['seeds']} seed(s)", "",
+             "Held-out exact match (mean ± sd over seeds).", "",
+             "| arm | " + " | ".join(short) + " | mean |",
+             "|---|" + "---|" * (len(tasks) + 1)]
+    for label, r in rows.items():
+        lines.append(f"| {label} | " + " | ".join(cell(r["per_task"][t]) for t in tasks)
+                     + f" | **{cell(r['mean'])}** |")
+    lines += ["", "| arm | active FFN params | training tokens (total) | after the source | "
+                  "train time (s, mean over seeds) |", "|---|---|---|---|---|"]
+    for label, r in rows.items():
+        lines.append(f"| {label} | {r['active_ffn_params']:,} | {r['train_tokens_total']:,} | "
+                     f"{r['train_tokens_after_source']:,} | {r['train_seconds']:.0f} |")
+    gap = report["k_binds"]["dense_full_minus_dense_small"]
+    verdict = ("yes: the FFN capacity that pruning removes matters on these tasks"
+               if gap >= K_BINDS_GAP else
+               f"no (below {K_BINDS_GAP:.2f}): at this budget the removed FFN capacity does not "
+               f"decide these tasks, so the arms cannot be told apart by pruning quality")
+    lines += ["", f"Does k bind? dense-full - dense-small = {gap:+.3f} mean exact match: "
+                  f"{verdict}."]
+    return "\n".join(lines)
+
+
+def write_report(workdir: str, report: dict) -> None:
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(format_markdown(report) + "\n")

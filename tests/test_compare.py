@@ -1,0 +1,72 @@
+"""`ifp compare`: budgets and seed statistics of the report (fast, synthetic results), and the
+whole pipeline at a few steps per stage (slow): every arm trained, evaluated, reported, and a
+rerun that redoes nothing."""
+
+import json
+import os
+import time
+
+import pytest
+
+from experiments.drivers import compare
+from ifp_jax.config import ConfigError
+
+
+def _runs(means):
+    """Synthetic per-seed results: every row gets `means[seed] + offset(row)` on both tasks."""
+    runs = {}
+    for seed, base in enumerate(means):
+        stages = {arm: {s.name: {"tokens": 100 * (i + 1), "seconds": 10.0}
+                        for i, s in enumerate(arm_stages)}
+                  for arm, arm_stages in compare.ARMS.items()}
+        evals = {label: {"per_task": {"t1": base + 0.01 * i, "t2": base}, "mean": base + 0.005 * i}
+                 for i, (label, *_) in enumerate(compare.EVALS)}
+        runs[seed] = {"stages": stages, "evals": evals}
+    return runs
+
+
+def test_report_averages_seeds_and_counts_each_arms_budget():
+    cfg = compare.stage_config("tiny_multiskill", compare.ARMS["source"][0], 0, [], {})
+    report = compare.summarize(_runs([0.2, 0.4]), cfg)
+    ifp = report["rows"]["IFP per-task (lambda)"]
+    assert ifp["per_task"]["t2"]["mean"] == pytest.approx(0.3)
+    assert ifp["per_task"]["t2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    # Arms after the shared source: their own stages (100 + 200) on top of the source's 100;
+    # dense-small trains its own source stage instead.
+    assert (ifp["train_tokens_after_source"], ifp["train_tokens_total"]) == (300, 400)
+    small = report["rows"]["dense-small (F = k)"]
+    assert (small["train_tokens_after_source"], small["train_tokens_total"]) == (500, 600)
+    assert report["rows"]["dense source"]["train_tokens_total"] == 100
+    f, k = cfg.model.d_ffn, cfg.pruning.keep_k
+    assert report["rows"]["dense-full"]["active_ffn_params"] == 3 * cfg.model.d_model * f * \
+        cfg.model.n_layers
+    assert ifp["active_ffn_params"] * f == report["rows"]["dense-full"]["active_ffn_params"] * k
+    text = compare.format_markdown(report)
+    assert "| IFP per-task (lambda) |" in text and "0.300 ± 0.141" in text
+    assert "Does k bind?" in text and "no (below 0.05)" in text
+
+
+def test_unknown_comparison_and_bad_seeds_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown comparison"):
+        compare.stage_config("nope", compare.ARMS["source"][0], 0, [], {})
+    with pytest.raises(ConfigError, match="--seeds"):
+        compare.run_compare(str(tmp_path), seeds=0)
+
+
+@pytest.mark.slow
+def test_compare_trains_every_arm_then_reruns_nothing(tmp_path):
+    """About 5 minutes on 2 cores: 10 stages of 3 steps and 10 evaluations."""
+    overrides = ["train.steps=3", "data.eval_examples_per_task=4"]
+    report = compare.run_compare(str(tmp_path), seeds=1, overrides=overrides,
+                                 log=lambda m: None)
+    assert set(report["rows"]) == {label for label, *_ in compare.EVALS}
+    with open(tmp_path / "report.json") as f:
+        assert json.load(f) == json.loads(json.dumps(report))
+    assert (tmp_path / "report.md").read_text().startswith("# ifp compare")
+    for arm, stages in compare.ARMS.items():
+        for stage in stages:
+            assert os.path.exists(tmp_path / "seed0" / arm / stage.name / compare.STAGE_DONE)
+    t0 = time.time()
+    again = compare.run_compare(str(tmp_path), seeds=1, overrides=overrides,
+                                log=lambda m: None)
+    assert again == report and time.time() - t0 < 60

@@ -102,6 +102,7 @@ def test_griffin_eval_keeps_k_prompt_dependent_units(uninterrupted):
     assert os.path.exists(results_path(workdir, "griffin", cfg.pruning.eval_mask))
     assert set(result.per_task) == set(pipeline.eval_task_names(cfg.data))
     assert 0.0 <= result.mean <= 1.0
+    assert (result.kept.sum(-1) == cfg.pruning.keep_k).all()
     assert 0.0 < result.mask_stats["mask/overlap_across_tasks"] < 1.0
 
 

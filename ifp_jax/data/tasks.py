@@ -27,7 +27,8 @@ from ifp_jax.config import DataConfig
 from ifp_jax.data import skills
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
-from ifp_jax.data.user_tasks import USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks
+from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
+                                     source_stats)
 from ifp_jax.data.vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
@@ -154,7 +155,7 @@ def register_user_tasks(path: str, data_cfg: DataConfig) -> list[tuple[str, floa
             return _prompt_response_dataset(splits[split])
 
         fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                                  [list(e.values()) for e in task.examples]])
+                                  source_stats(path)])
         _register_prompt_response(task.name, fingerprint, data_cfg, dataset_fn)
         out.append((task.name, task.rate))
     return out

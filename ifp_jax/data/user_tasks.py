@@ -78,8 +78,19 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def is_multitask(path: str) -> bool:
-    """Whether data.jsonl_path holds several tasks (a directory, or lines with 'task')."""
-    return os.path.isdir(path) or (os.path.isfile(path) and "task" in read_jsonl(path)[0])
+    """Whether data.jsonl_path holds several tasks (a directory, or lines with 'task'): reads
+    the first non-blank line only (read_jsonl validates the whole file later)."""
+    if os.path.isdir(path):
+        return True
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False  # read_jsonl reports the line
+    return isinstance(obj, dict) and "task" in obj
 
 
 def _manifest_path(path: str) -> str:
@@ -117,7 +128,8 @@ def _read_manifest(path: str, tasks: list[str]) -> dict:
     return manifest
 
 
-def _mtimes(path: str) -> tuple:
+def source_stats(path: str) -> tuple:
+    """(file, mtime, size) of every file the tasks are read from: a cache key / fingerprint."""
     files = sorted(glob.glob(os.path.join(path, "*"))) if os.path.isdir(path) else [path]
     files.append(_manifest_path(path))
     return tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files
@@ -126,7 +138,7 @@ def _mtimes(path: str) -> tuple:
 
 def read_user_tasks(path: str) -> list[UserTask]:
     """The tasks of a multi-task data.jsonl_path (see the module docstring), sorted by name."""
-    return list(_read_cached(os.path.abspath(path), _mtimes(path)))
+    return list(_read_cached(os.path.abspath(path), source_stats(path)))
 
 
 @functools.lru_cache(maxsize=8)

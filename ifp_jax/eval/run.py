@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig, replace
+from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config, replace
 from ifp_jax.data import tasks
 from ifp_jax.eval.evaluate import MASKS, EvalResult, evaluate
 from ifp_jax.eval.mask_analysis import write_mask_report
@@ -55,7 +54,7 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
     """Evaluates `workdir` with its own config under `mask` (MASKS; default `default_mask`) and
     `eval_mask` (hard / lambda; default the run's). Writes results_path(...) and prints a table
     (or, as_json, the results object alone on stdout)."""
-    cfg = ckpt_lib.load_workdir_config(workdir)
+    cfg = load_workdir_config(workdir)
     mask = mask or default_mask(cfg)
     if eval_mask:
         cfg = replace(cfg, pruning=replace(cfg.pruning, eval_mask=eval_mask))
@@ -81,12 +80,10 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
         if as_json:
             print(json.dumps(record))
         elif verbose:
-            out = sys.stdout
-            print(f"{workdir} @ step {step}, mask={mask}, eval_mask={cfg.pruning.eval_mask}",
-                  file=out)
+            print(f"{workdir} @ step {step}, mask={mask}, eval_mask={cfg.pruning.eval_mask}")
             for name, em in result.per_task.items():
-                print(f"  {name:32s} {em:6.3f}", file=out)
-            print(f"  {'mean':32s} {result.mean:6.3f}", file=out)
+                print(f"  {name:32s} {em:6.3f}")
+            print(f"  {'mean':32s} {result.mean:6.3f}")
             for k, v in result.mask_stats.items():
-                print(f"  {k:32s} {v:6.3f}", file=out)
+                print(f"  {k:32s} {v:6.3f}")
     return cfg, result

@@ -44,9 +44,10 @@ def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     from ifp_jax.data.light_vocab import get_light_vocabulary
     from ifp_jax.export.selection import Selector, predictor_tokens
     from ifp_jax.train import checkpoint as ckpt_lib
+    from ifp_jax.config import load_workdir_config
     from ifp_jax.train.state import build_model, params_layout
 
-    cfg = ckpt_lib.load_workdir_config(workdir)
+    cfg = load_workdir_config(workdir)
     mesh = shd.make_mesh(cfg.mesh)
     model = build_model(cfg)
     step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))

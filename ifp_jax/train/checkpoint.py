@@ -156,9 +156,6 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
         os.replace(tmp, path)
 
 
-load_workdir_config = config_lib.load_workdir_config  # where the run writes it: CONFIG_FILE
-
-
 def restore_latest_params(workdir: str, abstract_params: Any,
                           hint: str = "run `ifp train` there first") -> tuple[int, Any]:
     """(step, params) of `workdir`'s latest readable checkpoint, params subtree only, placed

@@ -18,7 +18,7 @@ import jax
 
 from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.data import vocab as vocab_lib
 from ifp_jax.hf import imported
@@ -54,7 +54,7 @@ def _source_params(workdir: str, mesh, like: Any = None) -> dict:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
         return imported.restore_import_params(workdir, abstract)
-    src_cfg = ckpt_lib.load_workdir_config(workdir)
+    src_cfg = load_workdir_config(workdir)
     abstract = params_layout(build_model(src_cfg), src_cfg, mesh)
     return ckpt_lib.restore_latest_params(workdir, abstract, hint="train that stage first")[1]
 

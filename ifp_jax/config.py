@@ -42,6 +42,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_len: int = 2048
+    # Std of the normal init of every projection kernel (Llama's initializer_range). A narrow
+    # model starts near-linear with 0.02 and can sit on a plateau; ~1/sqrt(d_model) starts it in
+    # the non-linear regime.
+    init_std: float = 0.02
     # 'none' keeps every activation; 'full' recomputes the whole layer in the backward pass;
     # 'dots' saves matmul outputs only (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     remat_policy: Literal["none", "full", "dots"] = "none"
@@ -102,6 +106,10 @@ class DataConfig:
     cpt_num_chunks: int = 2
     jsonl_path: str = ""  # registers the task 'ifp_jsonl' when set
     eval_examples_per_task: int = 128
+    # Fraction of instruction examples whose predictor input is the task's instruction text alone
+    # (what a per-task mask is selected from), so per-task selection is in the predictor's
+    # training distribution; tasks without an instruction text (text, ifp_jsonl) never are.
+    predictor_instruction_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +193,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_len={m.max_len}")
     if cfg.data.cpt_num_chunks < 2:
         raise ConfigError("data.cpt_num_chunks must be >= 2 (chunk k predicts the mask for k+1)")
+    if not 0.0 <= cfg.data.predictor_instruction_rate <= 1.0:
+        raise ConfigError(f"data.predictor_instruction_rate="
+                          f"{cfg.data.predictor_instruction_rate} must be in [0, 1]")
     if cfg.optimizer.grad_accum_steps < 1:
         raise ConfigError("optimizer.grad_accum_steps must be >= 1")
     chunk = cfg.train.logits_chunk_len

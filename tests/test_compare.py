@@ -53,12 +53,22 @@ def test_unknown_comparison_and_bad_seeds_are_refused(tmp_path):
         compare.run_compare(str(tmp_path), seeds=0)
 
 
+def test_a_comparison_without_cpt_chains_every_arm_from_the_source():
+    chains = {arm: compare.arm_stages("tiny_facts", arm) for arm in compare.ARMS}
+    assert [s.name for s in chains["ifp"]] == ["sft"]
+    assert (chains["ifp"][0].init_llm, chains["ifp"][0].init_predictor) == ("shared_source", "")
+    assert [(s.name, s.init_llm) for s in chains["dense_small"]] == [("source", ""),
+                                                                       ("sft", "source")]
+    assert all(s.role != "cpt" for chain in chains.values() for s in chain)
+    assert compare.arm_stages("tiny_multiskill", "ifp") == compare.ARMS["ifp"]
+
+
 @pytest.mark.slow
 def test_compare_trains_every_arm_then_reruns_nothing(tmp_path):
     """About 5 minutes on 2 cores: 10 stages of 3 steps and 10 evaluations."""
     overrides = ["train.steps=3", "data.eval_examples_per_task=4"]
-    report = compare.run_compare(str(tmp_path), seeds=1, overrides=overrides,
-                                 log=lambda m: None)
+    report = compare.run_compare(str(tmp_path), "tiny_multiskill", seeds=1,
+                                 overrides=overrides, log=lambda m: None)
     assert set(report["rows"]) == {label for label, *_ in compare.EVALS}
     with open(tmp_path / "report.json") as f:
         assert json.load(f) == json.loads(json.dumps(report))
@@ -67,6 +77,6 @@ def test_compare_trains_every_arm_then_reruns_nothing(tmp_path):
         for stage in stages:
             assert os.path.exists(tmp_path / "seed0" / arm / stage.name / compare.STAGE_DONE)
     t0 = time.time()
-    again = compare.run_compare(str(tmp_path), seeds=1, overrides=overrides,
-                                log=lambda m: None)
+    again = compare.run_compare(str(tmp_path), "tiny_multiskill", seeds=1,
+                                overrides=overrides, log=lambda m: None)
     assert again == report and time.time() - t0 < 60

@@ -180,3 +180,16 @@ def test_unscanned_layers_match_scanned(params):
     np.testing.assert_allclose(jit(Decoder(cfg))({"params": unstacked}, tokens, mask),
                                jit(Decoder(TINY_MODEL))({"params": dec}, tokens, mask),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_init_std_sets_every_projection_kernels_scale():
+    wide = dataclasses.replace(TINY_MODEL, init_std=0.2)
+    init = lambda cfg: nn.meta.unbox(jit(_model(model_cfg=cfg), "init")(
+        jax.random.key(0), _batch(), mode="soft")["params"]["decoder"])
+    for cfg in (TINY_MODEL, wide):
+        kernels = [np.asarray(v) for path, v in
+                   jax.tree_util.tree_flatten_with_path(init(cfg))[0]
+                   if "kernel" in jax.tree_util.keystr(path)]
+        assert len(kernels) >= 8  # q, k, v, o, gate, up, down, lm_head
+        for kernel in kernels:
+            assert abs(kernel.std() / cfg.init_std - 1) < 0.15

@@ -30,9 +30,12 @@ import time
 import experiments
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, replace
 
-# A comparison: its source, CPT and SFT stage experiments (registered names).
-COMPARISONS = {"tiny_multiskill": ("tiny_multiskill_dense", "tiny_multiskill_cpt",
+# A comparison: its source, CPT and SFT stage experiments (registered names); a comparison whose
+# mixture has no text has no CPT stage (None): every arm then goes from the source to SFT.
+COMPARISONS = {"tiny_facts": ("tiny_facts_dense", None, "tiny_facts"),
+               "tiny_multiskill": ("tiny_multiskill_dense", "tiny_multiskill_cpt",
                                    "tiny_multiskill")}
+DEFAULT_COMPARISON = "tiny_facts"
 STAGE_DONE = "stage_done.json"
 K_BINDS_GAP = 0.05  # dense-full ahead of dense-small by this much: k binds
 
@@ -74,12 +77,34 @@ EVALS = (
 )
 
 
+def _stage_experiments(comparison: str) -> dict[str, str | None]:
+    """{'source'|'cpt'|'sft': registered experiment name (cpt may be None)}."""
+    if comparison not in COMPARISONS:
+        raise ConfigError(f"unknown comparison '{comparison}'; known: {', '.join(COMPARISONS)}")
+    return dict(zip(("source", "cpt", "sft"), COMPARISONS[comparison]))
+
+
+def arm_stages(comparison: str, arm: str) -> tuple[Stage, ...]:
+    """The arm's stages in this comparison: without a CPT stage, what would have started from
+    the CPT stage starts from what the CPT stage started from (a fresh predictor for IFP)."""
+    if _stage_experiments(comparison)["cpt"] is not None:
+        return ARMS[arm]
+    removed = {st.name: st for st in ARMS[arm] if st.role == "cpt"}
+    out = []
+    for st in ARMS[arm]:
+        if st.role == "cpt":
+            continue
+        llm = removed[st.init_llm].init_llm if st.init_llm in removed else st.init_llm
+        pred = (removed[st.init_predictor].init_predictor if st.init_predictor in removed
+                else st.init_predictor)
+        out.append(dataclasses.replace(st, init_llm=llm, init_predictor=pred))
+    return tuple(out)
+
+
 def stage_config(comparison: str, stage: Stage, seed: int, overrides: list[str],
                  dirs: dict[str, str]) -> ExperimentConfig:
     """The stage's experiment + overrides, with its mode, seed, width and init sources."""
-    if comparison not in COMPARISONS:
-        raise ConfigError(f"unknown comparison '{comparison}'; known: {', '.join(COMPARISONS)}")
-    names = dict(zip(("source", "cpt", "sft"), COMPARISONS[comparison]))
+    names = _stage_experiments(comparison)
     cfg = apply_overrides(experiments.get(names[stage.role]), overrides)
     k = cfg.pruning.keep_k
     cfg = replace(cfg, pruning=replace(cfg.pruning, mode=stage.mode),
@@ -126,7 +151,7 @@ def active_ffn_params(cfg: ExperimentConfig, units: int) -> int:
     return 3 * cfg.model.d_model * units * cfg.model.n_layers
 
 
-def run_compare(workdir: str, comparison: str = "tiny_multiskill", seeds: int = 2,
+def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int = 2,
                 overrides: list[str] | None = None, log=print) -> dict:
     overrides = list(overrides or [])
     if seeds < 1:
@@ -135,16 +160,16 @@ def run_compare(workdir: str, comparison: str = "tiny_multiskill", seeds: int = 
     for seed in range(seeds):
         base = os.path.join(workdir, f"seed{seed}")
         stages: dict[str, dict] = {}
-        for arm, arm_stages in ARMS.items():
+        for arm in ARMS:
             dirs = {"shared_source": os.path.join(base, "source", "source")}
-            stages[arm] = {}
-            for stage in arm_stages:
+            stages[arm], chain = {}, arm_stages(comparison, arm)
+            for stage in chain:
                 dirs[stage.name] = os.path.join(base, arm, stage.name)
                 cfg = stage_config(comparison, stage, seed, overrides, dirs)
                 log(f"=== seed {seed} {arm}/{stage.name} ({cfg.name}, mode {stage.mode}"
                     f"{', d_ffn ' + str(cfg.model.d_ffn) if stage.small else ''}) ===")
                 stages[arm][stage.name] = _train_stage(cfg, dirs[stage.name])
-            stages[arm]["final"] = dirs[arm_stages[-1].name]
+            stages[arm]["final"] = dirs[chain[-1].name]
         evals = {}
         for label, arm, mask, eval_mask in EVALS:
             log(f"=== seed {seed} eval {label} ===")

@@ -160,11 +160,15 @@ def generate(skill_name: str, split: str, n: int, seed: int = 0) -> list[dict]:
 
 def task_instruction(task: str, jsonl_path: str = "") -> str:
     """The instruction text of a task, the text its per-task mask is selected from (`ifp export
-    --task`, `ifp eval --mask per-task`): an embedded skill's first wording, or a user task's
-    manifest entry (data.jsonl_path; user_tasks.py). Accepts SeqIO or bare names."""
+    --task`, `ifp eval --mask per-task`): an embedded skill's or fact table's first wording, or
+    a user task's manifest entry (data.jsonl_path; user_tasks.py). SeqIO or bare names."""
+    from ifp_jax.data import facts
     name = task[len(SKILL_PREFIX):] if task.startswith(SKILL_PREFIX) else task
     if name in SKILLS:
         return SKILLS[name].wordings[0]
+    fact = task[len(facts.FACT_PREFIX):] if task.startswith(facts.FACT_PREFIX) else task
+    if fact in facts.FACT_TASKS:
+        return facts.FACT_TASKS[fact].wordings[0]
     from ifp_jax.data import user_tasks
     if jsonl_path and user_tasks.is_multitask(jsonl_path):
         return user_tasks.user_instruction(task, jsonl_path)

@@ -1,4 +1,5 @@
-"""SeqIO registrations: one task per embedded skill, CPT over any text, user JSONL, mixtures.
+"""SeqIO registrations: one task per embedded skill or fact table, CPT over any text, user JSONL,
+mixtures ('ifp_multiskill', 'ifp_facts', ...).
 
 A user's JSONL (data.jsonl_path) is one task, 'ifp_jsonl', or, as a directory of task files or
 lines with a 'task' field, one task per user task in the mixture 'ifp_user' (user_tasks.py).
@@ -24,7 +25,7 @@ import sysconfig
 from typing import Callable, Iterable, Optional, Sequence
 
 from ifp_jax.config import DataConfig
-from ifp_jax.data import skills
+from ifp_jax.data import facts, skills
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
@@ -34,7 +35,7 @@ from ifp_jax.data.vocab import get_vocabulary
 SKILL_PREFIX = skills.SKILL_PREFIX
 CPT_STDLIB = "ifp_cpt_stdlib"
 JSONL_TASK = "ifp_jsonl"
-MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt")
+MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt", "ifp_facts")
 
 # The embedded skill data is a fixed data set (like a downloaded one): its generation seed is a
 # constant; DataConfig.seed only shuffles. 10k train examples per skill is about one epoch of the
@@ -113,24 +114,36 @@ def _register_prompt_response(name: str, fingerprint: str, data_cfg: DataConfig,
               metric_fns=[exact_match])
 
 
+_GENERATORS = {"skill": skills.generate, "fact": facts.generate}
+
+
 @functools.lru_cache(maxsize=None)
-def _skill_examples(skill: str, split: str) -> tuple:
-    return tuple(skills.generate(skill, split, SKILL_EXAMPLES[split], SKILL_GENERATION_SEED))
+def _generated_examples(kind: str, name: str, split: str) -> tuple:
+    return tuple(_GENERATORS[kind](name, split, SKILL_EXAMPLES[split], SKILL_GENERATION_SEED))
+
+
+def _register_generated(kind: str, prefix: str, names, data_cfg: DataConfig) -> list[str]:
+    """Registers `prefix + name` for every embedded generated task; returns the task names."""
+    out = []
+    for bare in names:
+        def dataset_fn(split, shuffle_files=False, seed=None, bare=bare):
+            del shuffle_files, seed  # a fixed data set; the pipeline shuffles
+            return _prompt_response_dataset(list(_generated_examples(kind, bare, split)))
+        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
+                                  SKILL_EXAMPLES, SKILL_GENERATION_SEED])
+        _register_prompt_response(prefix + bare, fingerprint, data_cfg, dataset_fn)
+        out.append(prefix + bare)
+    return out
 
 
 def register_skill_tasks(data_cfg: DataConfig) -> list[str]:
     """Registers `ifp_skill_<name>` for every embedded skill; returns the task names."""
-    names = []
-    for skill in skills.SKILLS:
-        def dataset_fn(split, shuffle_files=False, seed=None, skill=skill):
-            del shuffle_files, seed  # a fixed data set; the pipeline shuffles
-            return _prompt_response_dataset(list(_skill_examples(skill, split)))
-        name = SKILL_PREFIX + skill
-        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                                  SKILL_EXAMPLES, SKILL_GENERATION_SEED])
-        _register_prompt_response(name, fingerprint, data_cfg, dataset_fn)
-        names.append(name)
-    return names
+    return _register_generated("skill", SKILL_PREFIX, skills.SKILLS, data_cfg)
+
+
+def register_fact_tasks(data_cfg: DataConfig) -> list[str]:
+    """Registers `ifp_fact_<name>` for every embedded fact table (facts.py)."""
+    return _register_generated("fact", facts.FACT_PREFIX, facts.FACT_TASKS, data_cfg)
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -278,6 +291,7 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     """
     del predictor_max_len
     skill_tasks = register_skill_tasks(data_cfg)
+    fact_tasks = register_fact_tasks(data_cfg)
     register_cpt_task(CPT_STDLIB, stdlib_texts, data_cfg,
                       source_id=f"stdlib:{sysconfig.get_paths()['stdlib']}:"
                                 f"{json.dumps(CPT_STDLIB_MAX_BYTES)}")
@@ -288,6 +302,7 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     _add_mixture("ifp_multiskill", [(t, 1.0) for t in skill_tasks])
     _add_mixture("ifp_cpt", [(CPT_STDLIB, 1.0)])
     _add_mixture("ifp_multiskill_cpt", [(t, 1.0) for t in skill_tasks + [CPT_STDLIB]])
+    _add_mixture("ifp_facts", [(t, 1.0) for t in fact_tasks])
 
 
 def closest_name(name: str, known: list[str]) -> str:

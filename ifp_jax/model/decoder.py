@@ -74,6 +74,6 @@ class Decoder(nn.Module):
             logits = embed.attend(x)
         else:
             logits = Projection((c.padded_vocab_size,), ("embed", "vocab"), dtype=self.dtype,
-                                name="lm_head")(x)
+                                init_std=c.init_std, name="lm_head")(x)
         logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
         return logits[..., :c.vocab_size].astype(jnp.float32)

@@ -19,11 +19,10 @@ from ifp_jax.config import ModelConfig
 from ifp_jax.model.attention import splash_attention, xla_attention
 
 Dtype = Any
-_INIT = nn.initializers.normal(stddev=0.02)
 
 
-def _kernel(names: tuple[str, ...]):
-    return nn.with_logical_partitioning(_INIT, names)
+def _kernel(names: tuple[str, ...], std: float):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
 
 
 class Projection(nn.Module):
@@ -37,11 +36,12 @@ class Projection(nn.Module):
     names: tuple[str, ...]  # logical names of the kernel [*in_axes, *features]
     n_in: int = 1
     dtype: Dtype = jnp.float32
+    init_std: float = 0.02  # ModelConfig.init_std
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = tuple(x.shape[-self.n_in:]) + tuple(self.features)
-        kernel = self.param("kernel", _kernel(self.names), shape, jnp.float32)
+        kernel = self.param("kernel", _kernel(self.names, self.init_std), shape, jnp.float32)
         # As one 2-D matmul: XLA:CPU runs the weight-gradient of a [B, T, D] x [D, F] product
         # (contracting B and T) about 2x slower than the same product on [B*T, D].
         lead = x.shape[:x.ndim - self.n_in]
@@ -93,7 +93,8 @@ class Attention(nn.Module):
         """x [B, T, D], cos/sin [B, T, head_dim], segment_ids [B, T], mask [B, 1, T, T] bool
         (the xla kernel's; None for splash) -> [B, T, D]."""
         c = self.cfg
-        dense = lambda feats, names, name: Projection(feats, names, dtype=self.dtype, name=name)
+        dense = lambda feats, names, name: Projection(feats, names, dtype=self.dtype, name=name,
+                                                      init_std=c.init_std)
         q = dense((c.n_heads, c.head_dim), ("embed", "heads", "head_dim"), "q_proj")(x)
         k = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "k_proj")(x)
         v = dense((c.n_kv_heads, c.head_dim), ("embed", "kv_heads", "head_dim"), "v_proj")(x)
@@ -106,7 +107,7 @@ class Attention(nn.Module):
             out = xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         return Projection((c.d_model,), ("heads", "head_dim", "embed"), n_in=2, dtype=self.dtype,
-                          name="o_proj")(out)
+                          init_std=c.init_std, name="o_proj")(out)
 
 
 class MaskedMLP(nn.Module):
@@ -119,12 +120,14 @@ class MaskedMLP(nn.Module):
 
     d_ffn: int
     dtype: Dtype = jnp.float32
+    init_std: float = 0.02  # ModelConfig.init_std
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         """x [B, T, D], mask [B, F] or None (dense) -> [B, T, D]."""
         d = x.shape[-1]
-        dense = lambda feats, names, name: Projection((feats,), names, dtype=self.dtype, name=name)
+        dense = lambda feats, names, name: Projection((feats,), names, dtype=self.dtype, name=name,
+                                                      init_std=self.init_std)
         gate = dense(self.d_ffn, ("embed", "mlp"), "gate_proj")(x)
         up = dense(self.d_ffn, ("embed", "mlp"), "up_proj")(x)
         h = nn.silu(gate) * up
@@ -163,6 +166,6 @@ class DecoderBlock(nn.Module):
         h = RMSNorm(c.norm_eps, self.dtype, name="input_layernorm")(x)
         x = x + Attention(c, self.dtype, name="self_attn")(h, cos, sin, segment_ids, attn_mask)
         h = RMSNorm(c.norm_eps, self.dtype, name="post_attention_layernorm")(x)
-        x = x + MaskedMLP(c.d_ffn, self.dtype, name="mlp")(h, mask_row)
+        x = x + MaskedMLP(c.d_ffn, self.dtype, c.init_std, name="mlp")(h, mask_row)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, None

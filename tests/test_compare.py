@@ -44,6 +44,16 @@ def test_report_averages_seeds_and_counts_each_arms_budget():
     text = compare.format_markdown(report)
     assert "| IFP per-task (lambda) |" in text and "0.300 ± 0.141" in text
     assert "Does k bind?" in text and "no (below 0.05)" in text
+    bars = {b["bar"]: b for b in report["bars"]}
+    # Synthetic rows: row i scores base + 0.005 i: IFP per-input (row 7) leads static (row 5)
+    # by 0.010 and dense-full (row 2) by 0.025; per-task (row 9) leads per-input by 0.010.
+    ahead = bars["IFP per-input (lambda) - static (lambda) >= +0.05"]
+    assert ahead["figure"] == pytest.approx(0.010) and not ahead["met"]
+    behind = bars["IFP per-input (lambda) - dense-full >= -0.03"]
+    assert behind["figure"] == pytest.approx(0.025) and behind["met"]
+    per_task = bars["IFP per-task (lambda) - IFP per-input (lambda) >= -0.02"]
+    assert per_task["figure"] == pytest.approx(0.010) and per_task["met"]
+    assert "| IFP per-input (lambda) - static (lambda) >= +0.05 | +0.010 | no |" in text
 
 
 def test_unknown_comparison_and_bad_seeds_are_refused(tmp_path):

@@ -217,13 +217,34 @@ def summarize(runs: dict[int, dict], source_cfg: ExperimentConfig) -> dict:
         }
     full, small = rows["dense-full"]["mean"]["mean"], rows["dense-small (F = k)"]["mean"]["mean"]
     return {"seeds": len(runs), "d_ffn": f, "keep_k": k, "rows": rows,
-            "k_binds": {"dense_full_minus_dense_small": full - small}}
+            "k_binds": {"dense_full_minus_dense_small": full - small},
+            "bars": bars(rows)}
+
+
+# Issue 7's bars, each `a - b >= threshold` in mean exact match (differences of seed means).
+BARS = (("IFP per-input (lambda)", "static (lambda)", 0.05),
+        ("IFP per-input (lambda)", "dense-small (F = k)", 0.05),
+        ("IFP per-input (lambda)", "dense source + GRIFFIN", 0.05),
+        ("IFP per-input (lambda)", "dense-full + GRIFFIN", 0.05),
+        ("IFP per-input (lambda)", "dense-full", -0.03),
+        ("IFP per-task (lambda)", "IFP per-input (lambda)", -0.02))
+
+
+def bars(rows: dict) -> list[dict]:
+    """Each bar: its figure (a - b) and whether it is met."""
+    out = []
+    for a, b, threshold in BARS:
+        diff = rows[a]["mean"]["mean"] - rows[b]["mean"]["mean"]
+        out.append({"bar": f"{a} - {b} >= {threshold:+.2f}", "figure": diff,
+                    "met": diff >= threshold})
+    return out
 
 
 def format_markdown(report: dict) -> str:
     rows = report["rows"]
     tasks = list(next(iter(rows.values()))["per_task"])
-    short = [t.replace("ifp_skill_", "").replace("ifp_user_", "") for t in tasks]
+    short = [t.replace("ifp_skill_", "").replace("ifp_user_", "").replace("ifp_fact_", "")
+             for t in tasks]
     cell = lambda m: f"{m['mean']:.3f} ± {m['sd']:.3f}" if m["n"] > 1 else f"{m['mean']:.3f}"
     lines = [f"# ifp compare: k = {report['keep_k']} of {report['d_ffn']} FFN units per layer, "
              f"{report['seeds']} seed(s)", "",
@@ -238,6 +259,9 @@ def format_markdown(report: dict) -> str:
     for label, r in rows.items():
         lines.append(f"| {label} | {r['active_ffn_params']:,} | {r['train_tokens_total']:,} | "
                      f"{r['train_tokens_after_source']:,} | {r['train_seconds']:.0f} |")
+    lines += ["", "| bar (mean exact match) | figure | met? |", "|---|---|---|"]
+    lines += [f"| {b['bar']} | {b['figure']:+.3f} | {'yes' if b['met'] else 'no'} |"
+              for b in report["bars"]]
     gap = report["k_binds"]["dense_full_minus_dense_small"]
     verdict = ("yes: the FFN capacity that pruning removes matters on these tasks"
                if gap >= K_BINDS_GAP else

@@ -86,7 +86,7 @@ def _cmd_config(args) -> None:
 def _cmd_eval(args) -> None:
     from ifp_jax.eval.run import evaluate_workdir
     evaluate_workdir(args.workdir, mask=args.mask, eval_mask=args.eval_mask,
-                     as_json=args.json)
+                     as_json=args.json, split=args.split)
 
 
 def _cmd_demo(args) -> None:
@@ -95,10 +95,10 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from experiments.drivers.compare import run_compare
-    comparison, overrides = args.comparison, list(args.overrides)
+    from experiments.drivers.compare import DEFAULT_COMPARISON, run_compare
+    comparison, overrides = args.comparison or DEFAULT_COMPARISON, list(args.overrides)
     if "=" in comparison:  # no comparison named: the first word is an override
-        comparison, overrides = "tiny_multiskill", [comparison] + overrides
+        comparison, overrides = DEFAULT_COMPARISON, [comparison] + overrides
     run_compare(args.workdir, comparison, args.seeds, overrides)
 
 
@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the experiment's defaults for this hardware")
     c.set_defaults(fn=_cmd_config)
 
-    e = sub.add_parser("eval", help="held-out exact match of a trained workdir")
+    e = sub.add_parser("eval", help="exact match per instruction task and perplexity per text "
+                                    "task of a trained workdir (held out by default)")
     e.add_argument("--workdir", required=True)
     e.add_argument("--mask", choices=["per-input", "per-task", "static", "griffin", "dense"],
                    default=None,
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the LLM's top-k units by activation on the prompt; dense: none "
                         "(default: what the run was trained with)")
     e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None)
+    # Checked against the registered tasks' splits (one-line error), not argparse choices:
+    # --help must not import SeqIO.
+    e.add_argument("--split", default="validation", metavar="NAME",
+                   help="the tasks' split to evaluate: validation (held out; the default) or "
+                        "train; results then go to DIR/eval_<mask>_<eval mask>_<split>.json")
     e.add_argument("--json", action="store_true",
                    help="print the results as one JSON object on stdout")
     e.set_defaults(fn=_cmd_eval)
@@ -169,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare", help="IFP vs dense-full, dense-small, static and GRIFFIN at "
                                          "equal budgets -> DIR/report.md")
-    cm.add_argument("comparison", nargs="?", default="tiny_multiskill")
+    cm.add_argument("comparison", nargs="?", default=None,
+                    help="tiny_facts (default: embedded fact tables) or tiny_multiskill")
     cm.add_argument("--workdir", required=True)
     cm.add_argument("--seeds", type=int, default=2)
     cm.add_argument("overrides", nargs="*", metavar="section.key=value",

@@ -132,6 +132,11 @@ class TrainBatches:
             parts.append(ds)
             weights.append(rates[name])
         self._mixed = grain.MapDataset.mix(parts, weights=weights)
+        self._seed = data_cfg.seed
+        self._instruction_rate = data_cfg.predictor_instruction_rate
+        self._instruction_tokens = (
+            _instruction_tokens(self.task_names, data_cfg, predictor_max_len)
+            if self._instruction_rate > 0 else [None] * len(self.task_names))
 
     def __iter__(self):
         return self
@@ -146,7 +151,21 @@ class TrainBatches:
                 rows[k].append(self._arrays[task_id][k][j])
         batch = {k: np.stack(v) for k, v in rows.items()}
         batch["task_id"] = np.asarray([t for t, _ in picks], np.int32)
+        if self._instruction_rate > 0:
+            self._swap_in_instructions(batch, step)
         return batch
+
+    def _swap_in_instructions(self, batch: dict[str, np.ndarray], step: int) -> None:
+        """Replaces the predictor input of a seeded `predictor_instruction_rate` fraction of rows
+        by their task's instruction text (the same draw on every host: drawn for the global
+        batch, then sliced)."""
+        draws = np.random.default_rng([self._seed, step]).random(self._global_batch_size)
+        draws = draws[self._offset:self._offset + self.host_batch_size]
+        for row, (task_id, draw) in enumerate(zip(batch["task_id"], draws)):
+            tokens = self._instruction_tokens[task_id]
+            if tokens is not None and draw < self._instruction_rate:
+                batch["predictor_tokens"][row] = tokens
+                batch["predictor_truncated"][row] = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = self.batch_at(self._step)
@@ -161,28 +180,54 @@ class TrainBatches:
         self._step = int(state["step"])
 
 
+def _instruction_tokens(task_names: list[str], data_cfg: DataConfig,
+                        predictor_max_len: int) -> list[np.ndarray | None]:
+    """Per task: its instruction text as predictor tokens [P], or None if it has none."""
+    from ifp_jax.config import ConfigError
+    from ifp_jax.data.skills import task_instruction
+    from ifp_jax.export.selection import predictor_tokens
+    vocab = get_vocabulary(data_cfg.predictor_vocabulary)
+    out = []
+    for name in task_names:
+        try:
+            text = task_instruction(name, data_cfg.jsonl_path)
+        except (ConfigError, DataError):  # text tasks, ifp_jsonl, user tasks without one
+            out.append(None)
+            continue
+        out.append(predictor_tokens(vocab, text, predictor_max_len)[0])
+    return out
+
+
 def make_train_batches(data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
                        process_count: int = 1, rows: tuple[int, int] | None = None
                        ) -> TrainBatches:
     return TrainBatches(data_cfg, predictor_max_len, process_index, process_count, rows)
 
 
-def eval_task_names(data_cfg: DataConfig) -> list[str]:
-    """Tasks of the mixture (any rate) that define a metric, i.e. can be scored by exact match."""
+def eval_task_names(data_cfg: DataConfig, text: bool = False) -> list[str]:
+    """Tasks of the mixture (any rate) that define a metric, i.e. can be scored by exact match;
+    with `text=True` the others instead (text / CPT tasks, `metric_fns=[]`), which evaluation
+    scores by perplexity."""
     tasks.register_all(data_cfg)
     return [name for name in tasks.mixture_rates(data_cfg)
-            if seqio.get_mixture_or_task(name).metric_fns]
+            if bool(seqio.get_mixture_or_task(name).metric_fns) != text]
 
 
 def make_eval_examples(data_cfg: DataConfig, predictor_max_len: int, task_name: str,
-                       n: int) -> dict:
-    """The first `n` held-out ('validation') examples of one task, in the batch contract, plus
-    'prompt_text' and 'target_text' (response without EOS) decoded with the LLM vocabulary."""
+                       n: int, split: str = "validation") -> dict:
+    """The first `n` examples of one task's `split` (default the held-out 'validation'), in the
+    batch contract, plus 'prompt_text' and 'target_text' (response without EOS) decoded with the
+    LLM vocabulary. A split the task does not have is a one-line ConfigError naming its splits."""
+    from ifp_jax.config import ConfigError
     tasks.register_all(data_cfg, predictor_max_len)
     if task_name not in seqio.TaskRegistry.names():
         raise DataError(f"unknown task '{task_name}': "
                         f"{tasks.closest_name(task_name, list(seqio.TaskRegistry.names()))}")
-    examples = tokenized_examples(task_name, "validation")
+    splits = list(seqio.get_mixture_or_task(task_name).splits)
+    if split not in splits:
+        raise ConfigError(f"task '{task_name}' has no split {split!r}; use one of "
+                          f"{', '.join(splits)}")
+    examples = tokenized_examples(task_name, split)
     examples = {k: v[:n] for k, v in examples.items()}
     out = to_contract(examples, predictor_max_len, data_cfg.seq_len)
     out["task_id"] = np.zeros((len(examples["targets"]),), np.int32)  # one task: id 0

@@ -1,22 +1,29 @@
-"""Held-out evaluation: per-task exact match with SeqIO's metric functions, plus mask statistics.
+"""Evaluation: per-task exact match with SeqIO's metric functions, perplexity of text tasks, plus
+mask statistics.
 
-For every task of the mixture that has metrics, each held-out example gets an FFN mask, then
-greedy decoding with that fixed mask over a KV cache produces the answer, which is detokenised and
-scored by the task's own `metric_fns`. Where the mask comes from:
+Instruction tasks (those with `metric_fns`): each example gets an FFN mask, then greedy decoding
+with that fixed mask over a KV cache produces the answer, which is detokenised and scored by the
+task's own `metric_fns`. Text tasks (CPT, `metric_fns=[]`): the model's forward with the same mask
+gives the training loss's per-token cross-entropy (train/loss.py) on the loss-weighted target
+tokens (chunk k+1 after chunks 1..k); perplexity = exp(mean NLL over the task's target tokens).
+Examples are the first `DataConfig.eval_examples_per_task` of each task's split ('validation',
+held out, by default). Where the mask comes from:
 
   per-input  the predictor reads the example's own prompt (the run's pruning mode)
   per-task   the predictor reads the task's instruction text once (`skills.task_instruction`);
-             every example of the task uses that one mask (PAPER.md §3)
+             every example of the task uses that one mask (PAPER.md §3). Text tasks have no
+             instruction: they get per-input masks (the predictor reads chunk k)
   static     the run's learned input-independent mask (pruning mode 'static')
   griffin    training-free: the LLM's own top-k FFN units by activation over the prompt
-             (GRIFFIN, `kv_decoder.griffin_scores`); any run, dense ones included
+             (GRIFFIN, `kv_decoder.griffin_scores`; for a text task: chunks 1..k); any run,
+             dense ones included
   dense      no mask: the whole LLM
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -34,20 +41,24 @@ from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
 from ifp_jax.infer.kv_decoder import griffin_scores
 from ifp_jax.model.soft_topk import topk_indicator
 from ifp_jax.model.ifp import IFPModel
+from ifp_jax.train.loss import chunked_cross_entropy, lm_head_kernel, token_cross_entropy
 
 EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
+NLL_KEYS = EVAL_KEYS + ("decoder_target_tokens",)
 
 
 @dataclasses.dataclass
 class EvalResult:
-    per_task: dict[str, float]  # task -> exact match in [0, 1]
-    mask_stats: dict[str, float]
+    per_task: dict[str, float]  # instruction task -> exact match in [0, 1]
+    mask_stats: dict[str, float]  # over the instruction tasks' examples
     samples: dict[str, list[tuple[str, str, str]]]  # task -> [(prompt, target, prediction)]
-    kept: np.ndarray | None = None  # [N, L, F] bool: units each held-out example kept (masked)
+    kept: np.ndarray | None = None  # [N, L, F] bool: units each instruction example kept (masked)
     task_of: np.ndarray | None = None  # [N] index into per_task's tasks
+    perplexity: dict[str, float] = dataclasses.field(default_factory=dict)  # text task -> ppl
 
     @property
     def mean(self) -> float:
+        """Mean exact match over the instruction tasks (NaN when there are none)."""
         return float(np.mean(list(self.per_task.values()))) if self.per_task else float("nan")
 
 
@@ -69,34 +80,69 @@ def _exact_match_from_metrics(values: dict) -> float:
 MASKS = ("per-input", "per-task", "static", "griffin", "dense")
 
 
+def select_mask(model: IFPModel, mode: str, temperature: float, params: Any, batch: dict,
+                mask_table: jax.Array | None) -> jax.Array | None:
+    """The eval mask [B, L, F] of a batch (None in dense mode; traceable).
+
+    mask_table [n_tasks, L, F]: rows picked by batch['task_index'] [B]; else mode 'griffin': the
+    LLM scores its own units on the prompt; else the predictor (or static scores) select through
+    `IFPModel.select` with the run's eval mask."""
+    if mask_table is not None:
+        return mask_table[batch["task_index"]]
+    if mode == "griffin":
+        inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
+                                           batch["decoder_loss_weights"])
+        scores = griffin_scores(params["decoder"], model.model_cfg, inputs, start + 1,
+                                model.dtype)
+        return topk_indicator(scores, model.pruning_cfg.keep_k)
+    mask, _, _ = model.apply({"params": params}, batch, mode=mode, temperature=temperature,
+                             train=False, method=IFPModel.select)
+    return mask
+
+
 def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
     """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
     zeros).
 
-    mask_table None: the predictor runs once on the prompts (`IFPModel.select`), or for mode
-    'griffin' the LLM scores its own units on them; else the masks are mask_table
-    [n_tasks, L, F] rows picked by batch['task_index'] [B]. The decoder then
-    prefills the prompt and decodes greedily over a KV cache with that mask (none in dense
-    mode): the same tokens as recomputing the sequence per token (`greedy_decode_full`,
-    tests/test_generate.py).
+    The mask comes from `select_mask`; the decoder then prefills the prompt and decodes greedily
+    over a KV cache with that mask (none in dense mode): the same tokens as recomputing the
+    sequence per token (`greedy_decode_full`, tests/test_generate.py).
     """
 
     def run(params, batch, mask_table):
         inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
                                            batch["decoder_loss_weights"])
-        if mask_table is not None:
-            mask = mask_table[batch["task_index"]]
-        elif mode == "griffin":
-            scores = griffin_scores(params["decoder"], model.model_cfg, inputs, start + 1,
-                                    model.dtype)
-            mask = topk_indicator(scores, model.pruning_cfg.keep_k)
-        else:
-            mask, _, _ = model.apply({"params": params}, batch, mode=mode,
-                                     temperature=temperature, train=False,
-                                     method=IFPModel.select)
+        mask = select_mask(model, mode, temperature, params, batch, mask_table)
         generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
                                         num_steps, mask, model.dtype)
         return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
+
+    return run
+
+
+def make_nll_fn(model: IFPModel, cfg: ExperimentConfig, mode: str, temperature: float):
+    """Returns fn(params, batch) -> (summed NLL [B], loss weight [B]) over each example's
+    loss-weighted target tokens.
+
+    The mask is `select_mask`'s per example (no mask table: text tasks have no instruction to
+    select a per-task mask from); the loss is the train step's (`step._token_losses`): the
+    model's forward with that mask, then whole or chunked cross-entropy (train/loss.py).
+    """
+    chunk = cfg.train.logits_chunk_len
+
+    def run(params, batch):
+        mask = select_mask(model, mode, temperature, params, batch, None)
+        out = model.apply({"params": params}, batch,
+                          mode="dense" if mask is None else "given", given_mask=mask,
+                          train=False, return_hidden=chunk > 0)
+        if chunk > 0:
+            kernel = lm_head_kernel(params["decoder"], cfg.model.tie_embeddings)
+            ce = chunked_cross_entropy(out.hidden, kernel, batch["decoder_target_tokens"],
+                                       cfg.model.vocab_size, chunk, model.dtype)
+        else:
+            ce = token_cross_entropy(out.logits, batch["decoder_target_tokens"])
+        weights = batch["decoder_loss_weights"]
+        return (ce * weights).sum(1), weights.sum(1)
 
     return run
 
@@ -125,50 +171,88 @@ def per_task_masks(model: IFPModel, params: Any, cfg: ExperimentConfig, task_nam
     return jax.device_get(select(params, batch))
 
 
+def _padded_batches(arrays: dict[str, np.ndarray], mesh: Mesh, batch_size: int
+                    ) -> Iterator[dict[str, jax.Array]]:
+    """Batches sharded over the mesh's batch axes covering all rows; the last batch is padded by
+    repeating the last row (callers drop rows >= the row count)."""
+    total = len(next(iter(arrays.values())))
+    n_dev = mesh.devices.size
+    batch_size = -(-min(batch_size, total) // n_dev) * n_dev
+    padded = -(-total // batch_size) * batch_size
+    arrays = {k: np.concatenate([v, np.repeat(v[-1:], padded - total, 0)])
+              for k, v in arrays.items()}
+
+    for s in range(0, padded, batch_size):
+        yield {k: jax.make_array_from_callback(
+            (batch_size,) + v.shape[1:], shd.batch_sharding(mesh, v.ndim),
+            lambda idx, v=v, s=s: v[s:s + batch_size][idx]) for k, v in arrays.items()}
+
+
+def _load_examples(cfg: ExperimentConfig, names: list[str], split: str) -> list[dict]:
+    return [pipeline.make_eval_examples(cfg.data, cfg.predictor.max_prompt_len, name,
+                                        cfg.data.eval_examples_per_task, split)
+            for name in names]
+
+
 def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
              task_names: list[str] | None = None, mode: str | None = None,
-             batch_size: int = 256, num_samples: int = 3, per_task: bool = False) -> EvalResult:
-    """Exact match per held-out task (all processes compute the same full result).
+             batch_size: int = 256, num_samples: int = 3, per_task: bool = False,
+             split: str = "validation", text_task_names: list[str] | None = None) -> EvalResult:
+    """Exact match per instruction task and perplexity per text task on `split` (all processes
+    compute the same full result).
 
-    mode: the pruning mode that selects masks (default: the run's); per_task: select each
-    task's mask once from its instruction text (`per_task_masks`) instead of per example."""
+    task_names / text_task_names: the tasks scored by their metric_fns / by perplexity. Both
+    None: the mixture's (`pipeline.eval_task_names`); task_names given and text_task_names None:
+    no perplexity (what the training hook asks for). mode: the pruning mode that selects masks
+    (default: the run's); per_task: select each instruction task's mask once from its
+    instruction text (`per_task_masks`) instead of per example."""
     mode = mode or cfg.pruning.mode
-    task_names = task_names if task_names is not None else pipeline.eval_task_names(cfg.data)
+    if task_names is None and text_task_names is None:
+        text_task_names = pipeline.eval_task_names(cfg.data, text=True)
+    task_names = list(pipeline.eval_task_names(cfg.data) if task_names is None else task_names)
+    text_task_names = list(text_task_names or [])
+    temperature = cfg.pruning.temperature_end
+
+    per_task_em, samples, stats, kept, task_of = {}, {}, {}, None, None
+    if task_names:
+        per_task_em, samples, stats, kept, task_of = _exact_match(
+            model, params, cfg, mesh, task_names, mode, temperature, batch_size, num_samples,
+            per_task, split)
+    perplexity = {}
+    if text_task_names:
+        perplexity = _perplexity(model, params, cfg, mesh, text_task_names, mode, temperature,
+                                 batch_size, split)
+    return EvalResult(per_task=per_task_em, mask_stats=stats, samples=samples, kept=kept,
+                      task_of=task_of, perplexity=perplexity)
+
+
+def _exact_match(model, params, cfg, mesh, task_names, mode, temperature, batch_size,
+                 num_samples, per_task, split):
     vocab = vocab_lib.get_vocabulary(cfg.data.vocabulary)
-    examples = [pipeline.make_eval_examples(cfg.data, cfg.predictor.max_prompt_len, name,
-                                            cfg.data.eval_examples_per_task)
-                for name in task_names]
+    examples = _load_examples(cfg, task_names, split)
     arrays = {k: np.concatenate([e[k] for e in examples]) for k in EVAL_KEYS}
     task_of = np.concatenate([np.full(len(e["decoder_loss_weights"]), i, np.int32)
                               for i, e in enumerate(examples)])
     total = len(task_of)
     num_steps = int(arrays["decoder_loss_weights"].sum(1).max())
-    n_dev = mesh.devices.size
-    batch_size = -(-min(batch_size, total) // n_dev) * n_dev
-    padded = -(-total // batch_size) * batch_size
     table = None
     if per_task:
         with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
             table = per_task_masks(model, params, cfg, task_names, mode)
         arrays["task_index"] = task_of
-    for k in arrays:  # pad by repeating the last example (its results are dropped)
-        arrays[k] = np.concatenate([arrays[k], np.repeat(arrays[k][-1:], padded - total, 0)])
 
-    run = make_eval_fn(model, mode, cfg.pruning.temperature_end, num_steps)
+    run = make_eval_fn(model, mode, temperature, num_steps)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         # Replicated outputs: every process (multi-host) reads the whole result.
         run = jax.jit(run, out_shardings=shd.replicated(mesh))
         gens, masks = [], []
-        for s in range(0, padded, batch_size):
-            batch = {k: jax.make_array_from_callback(
-                (batch_size,) + v.shape[1:], shd.batch_sharding(mesh, v.ndim),
-                lambda idx, v=v, s=s: v[s:s + batch_size][idx]) for k, v in arrays.items()}
+        for batch in _padded_batches(arrays, mesh, batch_size):
             g, m = run(params, batch, table)
             gens.append(np.asarray(jax.device_get(g)))
             masks.append(m)
     generated = np.concatenate(gens)[:total]
 
-    per_task, samples, offset = {}, {}, 0
+    per_task_em, samples, offset = {}, {}, 0
     for name, ex in zip(task_names, examples):
         n = len(ex["decoder_loss_weights"])
         preds = [_decode_text(vocab, row) for row in generated[offset:offset + n]]
@@ -176,7 +260,7 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
         values = {}
         for fn in task.metric_fns:
             values.update(fn(list(ex["target_text"]), preds))
-        per_task[name] = _exact_match_from_metrics(values)
+        per_task_em[name] = _exact_match_from_metrics(values)
         samples[name] = list(zip(ex["prompt_text"][:num_samples], ex["target_text"][:num_samples],
                                  preds[:num_samples]))
         offset += n
@@ -187,5 +271,33 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
         stats = metric.compute(mask_statistics(all_masks, None, jnp.asarray(task_of),
                                                len(task_names), cfg.pruning.keep_k))
         kept = np.asarray(all_masks) != 0
-    return EvalResult(per_task=per_task, mask_stats=stats, samples=samples, kept=kept,
-                      task_of=task_of)
+    return per_task_em, samples, stats, kept, task_of
+
+
+def _perplexity(model, params, cfg, mesh, text_task_names, mode, temperature, batch_size,
+                split) -> dict[str, float]:
+    """Text task -> exp(mean NLL over its examples' loss-weighted target tokens)."""
+    examples = _load_examples(cfg, text_task_names, split)
+    arrays = {k: np.concatenate([e[k] for e in examples]) for k in NLL_KEYS}
+    total = len(arrays["decoder_loss_weights"])
+    # Per-task mode: a text task has no instruction, so its masks are per-input (the predictor
+    # reads each example's predictor_tokens: chunk k); `mode` is the run's pruning mode then.
+    run = make_nll_fn(model, cfg, mode, temperature)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        run = jax.jit(run, out_shardings=shd.replicated(mesh))
+        nll, weight = [], []
+        for batch in _padded_batches(arrays, mesh, batch_size):
+            s, w = jax.device_get(run(params, batch))
+            nll.append(np.asarray(s, np.float64))
+            weight.append(np.asarray(w, np.float64))
+    nll, weight = np.concatenate(nll)[:total], np.concatenate(weight)[:total]
+
+    out, offset = {}, 0
+    for name, ex in zip(text_task_names, examples):
+        n = len(ex["decoder_loss_weights"])
+        tokens = weight[offset:offset + n].sum()
+        mean_nll = nll[offset:offset + n].sum() / tokens if tokens > 0 else float("nan")
+        with np.errstate(over="ignore"):  # an overflow is inf, reported as null
+            out[name] = float(np.exp(mean_nll))
+        offset += n
+    return out

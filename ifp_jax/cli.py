@@ -11,7 +11,7 @@
     ifp generate (--workdir DIR | --model DIR) --prompt TEXT      stream a completion (KV cache)
     ifp config EXPERIMENT [section.key=value ...]                 print the resolved config
     ifp eval --workdir DIR [--mask per-input|per-task|static|griffin|dense] [--eval-mask M]
-             [--json]                                             held-out exact match per task
+             [--split NAME] [--json]             exact match per task, perplexity per text task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
     ifp compare [COMPARISON] --workdir DIR [--seeds N] [overrides] IFP vs baselines, equal budgets
     ifp list                                                      registered experiments

@@ -17,19 +17,24 @@ FACTS = DataConfig(mixture="ifp_facts", seq_len=20, global_batch_size=64)
 
 def test_tables_are_fixed_and_differ_between_tasks():
     color = facts.table("color")
-    assert color == facts.table("color") and len(color) == len(facts.ALPHABET) ** 2
-    assert set(color.values()) <= set(facts.ALPHABET)
+    assert color == facts.table("color") and len(color) == 2 * 256
+    assert set(color.values()) <= set(facts.VALUES)
     agree = np.mean([color[k] == facts.table("sound")[k] for k in color])
     assert agree < 0.1  # independent tables agree about 1 time in 32
 
 
 def test_held_out_prompts_are_new_pairs_of_facts_seen_in_training():
-    for task in ("color", "tool"):
+    for task in facts.FACT_TASKS:
         table = facts.table(task)
-        train = facts.generate(task, "train", 5000)
+        train = facts.generate(task, "train", 10_000)  # tasks.SKILL_EXAMPLES['train']
         valid = facts.generate(task, "validation", 500)
+        assert len({e["prompt"] for e in valid}) == 500  # each held-out prompt once
         assert not {e["input"] for e in train} & {e["input"] for e in valid}
         assert {k for e in train for k in e["input"].split()} == set(table)  # every fact seen
+        assert {e["input"].split()[0] for e in train[:256]} == set(facts.SLOT_KEYS[0])
+        for e in train[:20]:  # each slot's key symbols come from their own alphabets
+            for symbol, alphabet in zip(e["input"].replace(" ", ""), facts.ALPHABETS):
+                assert symbol in alphabet
         for e in train[:50] + valid[:50]:
             assert e["response"] == "".join(table[k] for k in e["input"].split())
             assert e["instruction"] in facts.FACT_TASKS[task].wordings

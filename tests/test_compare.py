@@ -71,6 +71,11 @@ def test_a_comparison_without_cpt_chains_every_arm_from_the_source():
                                                                        ("sft", "source")]
     assert all(s.role != "cpt" for chain in chains.values() for s in chain)
     assert compare.arm_stages("tiny_multiskill", "ifp") == compare.ARMS["ifp"]
+    instruction = compare.stage_config("tiny_facts", chains["ifp_instruction"][0], 0,
+                                       ["data.predictor_instruction_rate=0.25"], {})
+    assert instruction.data.predictor_instruction_rate == 1.0  # the arm's own setting wins
+    plain = compare.stage_config("tiny_facts", chains["ifp"][0], 0, [], {})
+    assert plain.data.predictor_instruction_rate == 0.5
 
 
 @pytest.mark.slow

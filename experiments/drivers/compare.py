@@ -6,6 +6,8 @@ Per seed (train.seed = data.seed = s), in DIR/seed<s>/<arm>/<stage>:
   dense_full   the source continued densely on the IFP stages' data (CPT, then SFT)
   ifp          IFP CPT + SFT from the source (the paper's method); evaluated per input and per
                task (one mask per task from its instruction text)
+  ifp_instruction  the same stages, but the predictor reads each task's bare instruction text
+               instead of the prompt (data.predictor_instruction_rate=1); evaluated per task
   static       the same stages with a learned input-independent mask (same SoftTopK, same k)
   dense_small  a dense model with d_ffn = k trained from scratch on the source's data and budget,
                then on the IFP stages' data: the source's steps + the IFP stages' steps
@@ -16,7 +18,7 @@ experiments, same seeds) for the same steps; the report states each arm's tokens
 Each stage resumes like `ifp train`, and a finished stage (DIR/.../<stage>/stage_done.json) or
 evaluation (its eval_*.json) is not redone: rerunning the command only adds what is missing.
 Writes DIR/report.md (a per-task table in the style of PAPER.md Table 1: mean and spread over
-seeds) and DIR/report.json.
+seeds), the bars of issue 7 with their figures, and DIR/report.json.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ class Stage:
     init_llm: str = ""  # 'shared_source' or a stage name of the same arm
     init_predictor: str = ""
     small: bool = False  # model.d_ffn = k
+    overrides: tuple[str, ...] = ()  # on top of the stage experiment's config and the user's
 
 
+_INSTRUCTION = ("data.predictor_instruction_rate=1.0",)
 ARMS = {
     "source": (Stage("source", "source", "dense"),),
     "dense_full": (Stage("cpt", "cpt", "dense", "shared_source"),
@@ -58,6 +62,10 @@ ARMS = {
             Stage("sft", "sft", "soft", "cpt", "cpt")),
     "static": (Stage("cpt", "cpt", "static", "shared_source"),
                Stage("sft", "sft", "static", "cpt", "cpt")),
+    # IFP whose predictor reads each task's bare instruction only (FINDINGS.md lesson 4): its
+    # masks are per task by construction, evaluated per task.
+    "ifp_instruction": (Stage("cpt", "cpt", "soft", "shared_source", overrides=_INSTRUCTION),
+                        Stage("sft", "sft", "soft", "cpt", "cpt", overrides=_INSTRUCTION)),
     "dense_small": (Stage("source", "source", "dense", small=True),
                     Stage("cpt", "cpt", "dense", "source", small=True),
                     Stage("sft", "sft", "dense", "cpt", small=True)),
@@ -74,6 +82,8 @@ EVALS = (
     ("IFP per-input (lambda)", "ifp", "per-input", "lambda"),
     ("IFP per-input (0/1)", "ifp", "per-input", "hard"),
     ("IFP per-task (lambda)", "ifp", "per-task", "lambda"),
+    ("IFP per-task, instruction-trained (lambda)", "ifp_instruction", "per-task", "lambda"),
+    ("IFP per-task, instruction-trained (0/1)", "ifp_instruction", "per-task", "hard"),
 )
 
 
@@ -105,7 +115,7 @@ def stage_config(comparison: str, stage: Stage, seed: int, overrides: list[str],
                  dirs: dict[str, str]) -> ExperimentConfig:
     """The stage's experiment + overrides, with its mode, seed, width and init sources."""
     names = _stage_experiments(comparison)
-    cfg = apply_overrides(experiments.get(names[stage.role]), overrides)
+    cfg = apply_overrides(experiments.get(names[stage.role]), overrides + list(stage.overrides))
     k = cfg.pruning.keep_k
     cfg = replace(cfg, pruning=replace(cfg.pruning, mode=stage.mode),
                   data=replace(cfg.data, seed=seed),
@@ -221,13 +231,19 @@ def summarize(runs: dict[int, dict], source_cfg: ExperimentConfig) -> dict:
             "bars": bars(rows)}
 
 
+_IT = "IFP per-task, instruction-trained (lambda)"
 # Issue 7's bars, each `a - b >= threshold` in mean exact match (differences of seed means).
 BARS = (("IFP per-input (lambda)", "static (lambda)", 0.05),
         ("IFP per-input (lambda)", "dense-small (F = k)", 0.05),
         ("IFP per-input (lambda)", "dense source + GRIFFIN", 0.05),
         ("IFP per-input (lambda)", "dense-full + GRIFFIN", 0.05),
         ("IFP per-input (lambda)", "dense-full", -0.03),
-        ("IFP per-task (lambda)", "IFP per-input (lambda)", -0.02))
+        ("IFP per-task (lambda)", "IFP per-input (lambda)", -0.02),
+        (_IT, "static (lambda)", 0.05),
+        (_IT, "dense-small (F = k)", 0.05),
+        (_IT, "dense source + GRIFFIN", 0.05),
+        (_IT, "dense-full + GRIFFIN", 0.05),
+        (_IT, "dense-full", -0.03))
 
 
 def bars(rows: dict) -> list[dict]:

@@ -78,6 +78,17 @@ def test_a_comparison_without_cpt_chains_every_arm_from_the_source():
     assert plain.data.predictor_instruction_rate == 0.5
 
 
+def test_a_finished_stage_is_reused_only_under_the_same_config(tmp_path):
+    cfg = compare.stage_config("tiny_facts", compare.ARMS["source"][0], 0, [], {})
+    record = {"steps": 1, "config_digest": compare.config_digest(cfg)}
+    (tmp_path / compare.STAGE_DONE).write_text(json.dumps(record))
+    assert compare._train_stage(cfg, str(tmp_path)) == record  # reused, nothing trained
+    other = compare.stage_config("tiny_facts", compare.ARMS["source"][0], 0,
+                                 ["optimizer.lr_llm=1e-4"], {})
+    with pytest.raises(ConfigError, match="another config"):
+        compare._train_stage(other, str(tmp_path))
+
+
 @pytest.mark.slow
 def test_compare_trains_every_arm_then_reruns_nothing(tmp_path):
     """About 5 minutes on 2 cores: 10 stages of 3 steps and 10 evaluations."""

@@ -24,6 +24,7 @@ seeds), the bars of issue 7 with their figures, and DIR/report.json.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import statistics
@@ -127,18 +128,29 @@ def stage_config(comparison: str, stage: Stage, seed: int, overrides: list[str],
     return cfg
 
 
+def config_digest(cfg: ExperimentConfig) -> str:
+    """A short hash of the resolved config: a finished stage is reused only under the same one."""
+    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _train_stage(cfg: ExperimentConfig, workdir: str) -> dict:
     """Trains (or resumes) one stage unless it finished before; returns its record."""
     done = os.path.join(workdir, STAGE_DONE)
     if os.path.exists(done):
         with open(done) as f:
-            return json.load(f)
+            record = json.load(f)
+        if record.get("config_digest", config_digest(cfg)) != config_digest(cfg):
+            raise ConfigError(f"{workdir} finished under another config (changed experiment or "
+                              f"overrides); use a new --workdir or delete that stage")
+        return record
     from ifp_jax.train.loop import train
     t0 = time.time()
     train(cfg, workdir)
     record = {"seconds": time.time() - t0, "steps": cfg.train.steps,
               "tokens": cfg.train.steps * cfg.data.global_batch_size * cfg.data.seq_len,
-              "d_ffn": cfg.model.d_ffn, "keep_k": cfg.pruning.keep_k, "mode": cfg.pruning.mode}
+              "d_ffn": cfg.model.d_ffn, "keep_k": cfg.pruning.keep_k, "mode": cfg.pruning.mode,
+              "config_digest": config_digest(cfg)}
     with open(done, "w") as f:
         json.dump(record, f)
     return record

@@ -41,7 +41,7 @@ from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
 from ifp_jax.infer.kv_decoder import griffin_scores
 from ifp_jax.model.soft_topk import topk_indicator
 from ifp_jax.model.ifp import IFPModel
-from ifp_jax.train.loss import chunked_cross_entropy, lm_head_kernel, token_cross_entropy
+from ifp_jax.train.loss import output_cross_entropy
 
 EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
 NLL_KEYS = EVAL_KEYS + ("decoder_target_tokens",)
@@ -135,12 +135,7 @@ def make_nll_fn(model: IFPModel, cfg: ExperimentConfig, mode: str, temperature: 
         out = model.apply({"params": params}, batch,
                           mode="dense" if mask is None else "given", given_mask=mask,
                           train=False, return_hidden=chunk > 0)
-        if chunk > 0:
-            kernel = lm_head_kernel(params["decoder"], cfg.model.tie_embeddings)
-            ce = chunked_cross_entropy(out.hidden, kernel, batch["decoder_target_tokens"],
-                                       cfg.model.vocab_size, chunk, model.dtype)
-        else:
-            ce = token_cross_entropy(out.logits, batch["decoder_target_tokens"])
+        ce = output_cross_entropy(out, params, cfg, batch["decoder_target_tokens"], model.dtype)
         weights = batch["decoder_loss_weights"]
         return (ce * weights).sum(1), weights.sum(1)
 

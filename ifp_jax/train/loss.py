@@ -57,3 +57,14 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
 
     _, ce = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (hs, ts))
     return jnp.swapaxes(ce, 0, 1).reshape(b, t)
+
+
+def output_cross_entropy(out, params: dict, cfg, targets: jax.Array, dtype) -> jax.Array:
+    """[B, T] f32 cross-entropy of an IFPModel output: from its logits, or chunk by chunk from
+    its hidden states when cfg.train.logits_chunk_len > 0 (the model then returned those)."""
+    chunk = cfg.train.logits_chunk_len
+    if chunk > 0:
+        kernel = lm_head_kernel(params["decoder"], cfg.model.tie_embeddings)
+        return chunked_cross_entropy(out.hidden, kernel, targets, cfg.model.vocab_size, chunk,
+                                     dtype)
+    return token_cross_entropy(out.logits, targets)

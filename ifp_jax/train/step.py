@@ -21,7 +21,7 @@ from ifp_jax.metric import Average, Sum
 from ifp_jax.model.ifp import IFPModel
 from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.model.soft_topk import balance_loss
-from ifp_jax.train.loss import chunked_cross_entropy, lm_head_kernel, token_cross_entropy
+from ifp_jax.train.loss import output_cross_entropy
 from ifp_jax.train.state import TrainState
 
 # Batch keys the step consumes (everything else stays on the host).
@@ -38,16 +38,10 @@ def temperature_at(step: jax.Array, cfg: ExperimentConfig) -> jax.Array:
 
 def _token_losses(params, model: IFPModel, cfg: ExperimentConfig, batch: dict, temperature):
     """(per-token CE [B, T], model output) with whole or chunked logits."""
-    chunk = cfg.train.logits_chunk_len
     out = model.apply({"params": params}, batch, mode=cfg.pruning.mode, temperature=temperature,
-                      train=True, return_hidden=chunk > 0)
-    if chunk > 0:
-        kernel = lm_head_kernel(params["decoder"], cfg.model.tie_embeddings)
-        ce = chunked_cross_entropy(out.hidden, kernel, batch["decoder_target_tokens"],
-                                   cfg.model.vocab_size, chunk, model.dtype)
-    else:
-        ce = token_cross_entropy(out.logits, batch["decoder_target_tokens"])
-    return ce, out
+                      train=True, return_hidden=cfg.train.logits_chunk_len > 0)
+    return output_cross_entropy(out, params, cfg, batch["decoder_target_tokens"],
+                                model.dtype), out
 
 
 def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict,

@@ -161,6 +161,15 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Distillation from a frozen teacher (PAPER.md section 8's prune+distill baseline):
+    loss = next-token CE + weight * KL(teacher's top-k truncated distribution || student)."""
+    teacher: str = ""  # workdir of an `ifp train` run or an `ifp import-hf` dir; "" = off
+    top_k: int = 32  # teacher ids kept per position (its distribution renormalised over them)
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "unnamed"
     model: ModelConfig = ModelConfig()
@@ -171,6 +180,7 @@ class ExperimentConfig:
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
 
     def __post_init__(self):
         validate(self)
@@ -202,6 +212,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if chunk < 0 or (chunk and cfg.data.seq_len % chunk):
         raise ConfigError(f"train.logits_chunk_len={chunk} must divide data.seq_len="
                           f"{cfg.data.seq_len} (or be 0 for whole-sequence logits)")
+    d = cfg.distill
+    if d.teacher and not 1 <= d.top_k <= m.vocab_size:
+        raise ConfigError(f"distill.top_k={d.top_k} must be in 1..model.vocab_size={m.vocab_size}")
+    if d.weight < 0:
+        raise ConfigError(f"distill.weight={d.weight} must be >= 0")
     if cfg.data.global_batch_size % cfg.optimizer.grad_accum_steps:
         raise ConfigError("data.global_batch_size must be divisible by optimizer.grad_accum_steps")
 

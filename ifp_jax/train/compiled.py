@@ -19,17 +19,19 @@ from ifp_jax.config import ExperimentConfig
 from ifp_jax.model.ifp import IFPModel
 from ifp_jax.train.state import StateLayout
 from ifp_jax.train.step import make_train_step
+from ifp_jax.train.teacher import teacher_batch_layout
 
 
 def batch_layout(cfg: ExperimentConfig, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global train-batch shapes/dtypes (the STEP_KEYS), batch dim over ('data', 'fsdp')."""
+    """Global train-batch shapes/dtypes (the STEP_KEYS, plus the teacher's arrays when
+    distilling: train/teacher.py), batch dim over ('data', 'fsdp')."""
     b, t, p = cfg.data.global_batch_size, cfg.data.seq_len, cfg.predictor.max_prompt_len
     shapes = {"predictor_tokens": ((b, p), jnp.int32), "decoder_input_tokens": ((b, t), jnp.int32),
               "decoder_target_tokens": ((b, t), jnp.int32),
               "decoder_loss_weights": ((b, t), jnp.float32), "task_id": ((b,), jnp.int32),
               "predictor_truncated": ((b,), jnp.int32), "decoder_truncated": ((b,), jnp.int32)}
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape)))
-            for k, (shape, dtype) in shapes.items()}
+    return {**{k: jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape)))
+               for k, (shape, dtype) in shapes.items()}, **teacher_batch_layout(cfg, mesh)}
 
 
 def compile_train_step(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,

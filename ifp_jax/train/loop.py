@@ -18,7 +18,7 @@ import jax
 
 from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
+from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.data import vocab as vocab_lib
 from ifp_jax.hf import imported
@@ -27,66 +27,15 @@ from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
 from ifp_jax.train.metrics import MetricsWriter, print_primary
 from ifp_jax.train.optim import make_optimizer
-from ifp_jax.train.state import (TrainState, build_model, create_state, params_layout,
-                                 state_layout)
+from ifp_jax.train.stage_init import stage_init
+from ifp_jax.train.state import (TrainState, build_model, create_state, state_layout)
 from ifp_jax.train.step import STEP_KEYS
+from ifp_jax.train.teacher import Teacher
 from ifp_jax.train.workdir_lock import WorkdirLock
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def _graft(params: dict, source: dict, key: str, origin: str) -> dict:
-    """Returns params with sub-tree `key` taken from `source`, after checking shapes match."""
-    mine = jax.tree_util.tree_map(lambda x: x.shape, params[key])
-    theirs = jax.tree_util.tree_map(lambda x: x.shape, source[key])
-    if mine != theirs:
-        raise ConfigError(f"{origin}: its '{key}' parameters have other shapes than this "
-                          f"experiment's; use a source run with the same {key} config")
-    return {**params, key: source[key]}
-
-
-def _source_params(workdir: str, mesh, like: Any = None) -> dict:
-    """Params only (no optimizer state) of another run's latest checkpoint, on `mesh`; for an
-    `ifp import-hf` dir, its decoder params placed like the decoder tree `like`."""
-    if imported.is_import_dir(workdir):
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
-        return imported.restore_import_params(workdir, abstract)
-    src_cfg = load_workdir_config(workdir)
-    abstract = params_layout(build_model(src_cfg), src_cfg, mesh)
-    return ckpt_lib.restore_latest_params(workdir, abstract, hint="train that stage first")[1]
-
-
-def _stage_init(cfg: ExperimentConfig, mesh):
-    """params_override for create_state: LLM and/or predictor from other runs (params only)
-    or from import dirs (the LLM, or the predictor's backbone; its head stays fresh)."""
-    if not (cfg.train.init_llm_from or cfg.train.init_predictor_from):
-        return None
-
-    def override(params):
-        if cfg.train.init_llm_from:
-            path, origin = cfg.train.init_llm_from, f"train.init_llm_from={cfg.train.init_llm_from}"
-            src = ({"decoder": _source_params(path, mesh, params["decoder"])}
-                   if imported.is_import_dir(path) else _source_params(path, mesh))
-            params = _graft(params, src, "decoder", origin)
-            print_primary(f"[ifp] LLM initialised from {path}")
-        if cfg.train.init_predictor_from:
-            path = cfg.train.init_predictor_from
-            origin = f"train.init_predictor_from={path}"
-            if imported.is_import_dir(path):
-                backbone = _source_params(path, mesh, params["predictor"]["backbone"])
-                params = {**params, "predictor": _graft(params["predictor"],
-                                                        {"backbone": backbone}, "backbone", origin)}
-            else:
-                src = _source_params(path, mesh)
-                params = _graft(params, src, "predictor", origin)
-                params = _graft(params, src, "static_scores", origin)
-            print_primary(f"[ifp] predictor initialised from {path}")
-        return params
-
-    return override
 
 
 class _Preemption:
@@ -148,6 +97,10 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
     t0 = time.time()
     step_fn = compile_train_step(model, cfg, tx, layout, mesh, len(batches.task_names))
     print_primary(f"[ifp] train step compiled in {time.time() - t0:.1f}s")
+    teacher = Teacher(cfg, mesh) if cfg.distill.teacher else None
+    if teacher is not None:
+        print_primary(f"[ifp] distilling from {cfg.distill.teacher} (top {cfg.distill.top_k} "
+                      f"tokens, weight {cfg.distill.weight})")
 
     ckpt = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
     restored = ckpt.restore_latest(layout.abstract)
@@ -157,7 +110,7 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
         print_primary(f"[ifp] resumed {workdir} at step {start}")
     else:
         start = 0
-        state = create_state(model, cfg, tx, layout, mesh, _stage_init(cfg, mesh))
+        state = create_state(model, cfg, tx, layout, mesh, stage_init(cfg, mesh))
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     print_primary(f"[ifp] {cfg.name}: LLM {count(state.params['decoder'])/1e6:.2f}M params, "
                   f"predictor {count(state.params['predictor'])/1e6:.2f}M, mode={cfg.pruning.mode},"
@@ -181,6 +134,8 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
             host = next(batches)
             batch = {k: jax.make_array_from_process_local_data(batch_specs[k].sharding, host[k])
                      for k in STEP_KEYS}
+            if teacher is not None:
+                batch.update(teacher(batch))
             state, step_metrics = step_fn(state, batch)
             step += 1
             window = metric.merge(window, step_metrics)

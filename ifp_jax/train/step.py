@@ -1,6 +1,7 @@
 """The train step: loss, gradient accumulation over micro-batches, NaN guard, typed metrics.
 
 loss = weighted next-token cross-entropy (normalised by the global number of loss tokens)
+     + distill.weight * the same weighting of the top-k KL to a teacher   [with distill.teacher]
      + pruning.balance_weight * balance_loss(lambda)      [soft mode only; departure from paper]
 
 The balance loss is a per-micro-batch mean; with A micro-batches each adds 1/A of it, so the
@@ -21,8 +22,9 @@ from ifp_jax.metric import Average, Sum
 from ifp_jax.model.ifp import IFPModel
 from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.model.soft_topk import balance_loss
-from ifp_jax.train.loss import output_cross_entropy
+from ifp_jax.train.loss import output_losses
 from ifp_jax.train.state import TrainState
+from ifp_jax.train.teacher import TEACHER_KEYS
 
 # Batch keys the step consumes (everything else stays on the host).
 STEP_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_target_tokens",
@@ -37,17 +39,19 @@ def temperature_at(step: jax.Array, cfg: ExperimentConfig) -> jax.Array:
 
 
 def _token_losses(params, model: IFPModel, cfg: ExperimentConfig, batch: dict, temperature):
-    """(per-token CE [B, T], model output) with whole or chunked logits."""
+    """(per-token CE [B, T], per-token KL to the teacher [B, T] or None, model output) with
+    whole or chunked logits; the KL when the batch carries teacher arrays (train/teacher.py)."""
     out = model.apply({"params": params}, batch, mode=cfg.pruning.mode, temperature=temperature,
                       train=True, return_hidden=cfg.train.logits_chunk_len > 0)
-    return output_cross_entropy(out, params, cfg, batch["decoder_target_tokens"],
-                                model.dtype), out
+    teacher = tuple(batch[k] for k in TEACHER_KEYS) if TEACHER_KEYS[0] in batch else None
+    ce, kl = output_losses(out, params, cfg, batch["decoder_target_tokens"], model.dtype, teacher)
+    return ce, kl, out
 
 
 def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict,
                      temperature: jax.Array, total_weight: jax.Array, num_tasks: int):
     """(loss, {name: Metric}) of one micro-batch; the CE part is normalised globally."""
-    ce, out = _token_losses(params, model, cfg, batch, temperature)
+    ce, kl, out = _token_losses(params, model, cfg, batch, temperature)
     weights = batch["decoder_loss_weights"]
     ce = ce * weights  # [B, T]
     loss = ce.sum() / total_weight
@@ -58,6 +62,10 @@ def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict
         "data/predictor_truncated": Sum(batch["predictor_truncated"].sum().astype(jnp.float32)),
         "data/decoder_truncated": Sum(batch["decoder_truncated"].sum().astype(jnp.float32)),
     }
+    if kl is not None:
+        kl = (kl * weights).sum()
+        loss = loss + cfg.distill.weight * kl / total_weight
+        metrics["distill_kl"] = Average(kl, weights.sum())
     if cfg.pruning.mode == "soft" and cfg.pruning.balance_weight > 0:
         bal = balance_loss(out.lam, cfg.pruning.keep_k)
         loss = loss + cfg.pruning.balance_weight * bal / cfg.optimizer.grad_accum_steps

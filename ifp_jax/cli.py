@@ -99,7 +99,8 @@ def _cmd_compare(args) -> None:
     comparison, overrides = args.comparison or DEFAULT_COMPARISON, list(args.overrides)
     if "=" in comparison:  # no comparison named: the first word is an override
         comparison, overrides = DEFAULT_COMPARISON, [comparison] + overrides
-    run_compare(args.workdir, comparison, args.seeds, overrides)
+    run_compare(args.workdir, comparison, args.seeds, overrides,
+                distill_static=args.distill_static)
 
 
 def _cmd_list(args) -> None:
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tiny_facts (default: embedded fact tables) or tiny_multiskill")
     cm.add_argument("--workdir", required=True)
     cm.add_argument("--seeds", type=int, default=2)
+    cm.add_argument("--distill-static", action="store_true",
+                    help="also train the static arm with top-k KL distillation from the source "
+                         "(the paper's prune+distill baseline)")
     cm.add_argument("overrides", nargs="*", metavar="section.key=value",
                     help="applied to every stage of every arm, e.g. data.mixture=ifp_user "
                          "data.jsonl_path=my_tasks")

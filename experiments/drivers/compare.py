@@ -51,6 +51,7 @@ class Stage:
     init_llm: str = ""  # 'shared_source' or a stage name of the same arm
     init_predictor: str = ""
     small: bool = False  # model.d_ffn = k
+    distill_from: str = ""  # a stage name (or 'shared_source') to distil from (distill.teacher)
     overrides: tuple[str, ...] = ()  # on top of the stage experiment's config and the user's
 
 
@@ -67,10 +68,15 @@ ARMS = {
     # masks are per task by construction, evaluated per task.
     "ifp_instruction": (Stage("cpt", "cpt", "soft", "shared_source", overrides=_INSTRUCTION),
                         Stage("sft", "sft", "soft", "cpt", "cpt", overrides=_INSTRUCTION)),
+    # The paper's prune+distill baseline: static, plus top-k KL distillation from the source.
+    "static_distill": (Stage("cpt", "cpt", "static", "shared_source",
+                             distill_from="shared_source"),
+                       Stage("sft", "sft", "static", "cpt", "cpt", distill_from="shared_source")),
     "dense_small": (Stage("source", "source", "dense", small=True),
                     Stage("cpt", "cpt", "dense", "source", small=True),
                     Stage("sft", "sft", "dense", "cpt", small=True)),
 }
+OPTIONAL_ARMS = ("static_distill",)  # run only when asked for (ifp compare --distill-static)
 # Report rows: (label, arm, ifp eval --mask, --eval-mask or None for the run's own).
 EVALS = (
     ("dense source", "source", "dense", None),
@@ -80,6 +86,7 @@ EVALS = (
     ("dense-small (F = k)", "dense_small", "dense", None),
     ("static (lambda)", "static", "static", "lambda"),
     ("static (0/1)", "static", "static", "hard"),
+    ("static, distilled from the source (lambda)", "static_distill", "static", "lambda"),
     ("IFP per-input (lambda)", "ifp", "per-input", "lambda"),
     ("IFP per-input (0/1)", "ifp", "per-input", "hard"),
     ("IFP per-task (lambda)", "ifp", "per-task", "lambda"),
@@ -122,16 +129,32 @@ def stage_config(comparison: str, stage: Stage, seed: int, overrides: list[str],
                   data=replace(cfg.data, seed=seed),
                   train=replace(cfg.train, seed=seed,
                                 init_llm_from=dirs.get(stage.init_llm, ""),
-                                init_predictor_from=dirs.get(stage.init_predictor, "")))
+                                init_predictor_from=dirs.get(stage.init_predictor, "")),
+                  distill=replace(cfg.distill, teacher=dirs.get(stage.distill_from, "")))
     if stage.small:
         cfg = replace(cfg, model=replace(cfg.model, d_ffn=k))
     return cfg
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
-    """A short hash of the resolved config: a finished stage is reused only under the same one."""
-    text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    """A short hash of the resolved config: a finished stage is reused only under the same one.
+    Hashes only the fields that differ from the defaults, so a field added to the config system
+    later (at its default) does not invalidate finished stages."""
+    text = json.dumps(_non_defaults(dataclasses.asdict(cfg), dataclasses.asdict(
+        ExperimentConfig())), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _non_defaults(values: dict, defaults: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            value = _non_defaults(value, defaults[key])
+            if value:
+                out[key] = value
+        elif key not in defaults or defaults[key] != value:
+            out[key] = value
+    return out
 
 
 def _train_stage(cfg: ExperimentConfig, workdir: str) -> dict:
@@ -174,15 +197,17 @@ def active_ffn_params(cfg: ExperimentConfig, units: int) -> int:
 
 
 def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int = 2,
-                overrides: list[str] | None = None, log=print) -> dict:
+                overrides: list[str] | None = None, log=print, distill_static: bool = False
+                ) -> dict:
     overrides = list(overrides or [])
+    arms = [a for a in ARMS if a not in OPTIONAL_ARMS or distill_static]
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     runs: dict[int, dict] = {}
     for seed in range(seeds):
         base = os.path.join(workdir, f"seed{seed}")
         stages: dict[str, dict] = {}
-        for arm in ARMS:
+        for arm in arms:
             dirs = {"shared_source": os.path.join(base, "source", "source")}
             stages[arm], chain = {}, arm_stages(comparison, arm)
             for stage in chain:
@@ -194,6 +219,8 @@ def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int =
             stages[arm]["final"] = dirs[chain[-1].name]
         evals = {}
         for label, arm, mask, eval_mask in EVALS:
+            if arm not in arms:
+                continue
             log(f"=== seed {seed} eval {label} ===")
             evals[label] = _evaluate(stages[arm]["final"], mask, eval_mask)
         runs[seed] = {"stages": stages, "evals": evals}
@@ -214,6 +241,8 @@ def summarize(runs: dict[int, dict], source_cfg: ExperimentConfig) -> dict:
     f, k = source_cfg.model.d_ffn, source_cfg.pruning.keep_k
     rows = {}
     for label, arm, mask, _ in EVALS:
+        if label not in next(iter(runs.values()))["evals"]:  # an optional arm not run
+            continue
         per_seed = [run["evals"][label] for run in runs.values()]
         tasks = list(per_seed[0]["per_task"])
         units = f if (arm in ("source", "dense_full") and mask == "dense") else k

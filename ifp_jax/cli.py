@@ -14,6 +14,7 @@
              [--split NAME] [--json]             exact match per task, perplexity per text task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
     ifp compare [COMPARISON] --workdir DIR [--seeds N] [overrides] IFP vs baselines, equal budgets
+    ifp data prepare EXPERIMENT --out DIR [--mixture M] [overrides]  the mixture on disk, once
     ifp list                                                      registered experiments
 
 User errors (config typos, unknown experiment/task, malformed data, incompatible workdir) print
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     cm.set_defaults(fn=_cmd_compare)
 
     from ifp_jax.bench.cli import add_parser as add_bench_parser
+    from ifp_jax.data.cli import add_parser as add_data_parser
     from ifp_jax.export.cli import add_parser as add_export_parser
     from ifp_jax.hf.import_cli import add_parser as add_import_parser
     from ifp_jax.infer.cli import add_parser as add_generate_parser
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)
     add_export_parser(sub)
     add_generate_parser(sub)
+    add_data_parser(sub)
 
     ls = sub.add_parser("list", help="list registered experiments")
     ls.set_defaults(fn=_cmd_list)

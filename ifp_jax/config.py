@@ -110,6 +110,11 @@ class DataConfig:
     # (what a per-task mask is selected from), so per-task selection is in the predictor's
     # training distribution; tasks without an instruction text (text, ifp_jsonl) never are.
     predictor_instruction_rate: float = 0.0
+    # Training examples from `ifp data prepare --out DIR` (ArrayRecord, read on demand) instead
+    # of tokenizing every task into memory at start-up; "" = in memory.
+    prepared_dir: str = ""
+    num_workers: int = 0  # grain processes assembling batches ahead of the step (0 = inline)
+    prefetch: int = 2  # batches each worker keeps ready
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +211,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if not 0.0 <= cfg.data.predictor_instruction_rate <= 1.0:
         raise ConfigError(f"data.predictor_instruction_rate="
                           f"{cfg.data.predictor_instruction_rate} must be in [0, 1]")
+    if cfg.data.num_workers < 0 or cfg.data.prefetch < 1:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers} must be >= 0 and "
+                          f"data.prefetch={cfg.data.prefetch} >= 1")
     if cfg.optimizer.grad_accum_steps < 1:
         raise ConfigError("optimizer.grad_accum_steps must be >= 1")
     chunk = cfg.train.logits_chunk_len

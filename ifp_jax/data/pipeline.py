@@ -24,34 +24,46 @@ import numpy as np
 import grain
 
 from ifp_jax.config import DataConfig
-from ifp_jax.data import tasks
+from ifp_jax.data import prepared, tasks
+from ifp_jax.data.batching import BatchAssembler
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.vocab import get_vocabulary
 
 _FEATURES = ("predictor_tokens", "inputs", "targets")
 _TF_BATCH = 4096
-_CONTRACT_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_target_tokens",
-                  "decoder_loss_weights", "predictor_truncated", "decoder_truncated")
+_ENDLESS = 2 ** 40  # steps a worker pipeline is built for (it stops when training does)
 # (task, split, fingerprint) -> list of 1-D token arrays per feature.
 _TOKENIZED_CACHE: dict[tuple, dict[str, list[np.ndarray]]] = {}
+
+
+def tokenized_batches(task_name: str, split: str, shard: tuple[int, int] | None = None,
+                      skip: int = 0):
+    """Yields a registered task's split tokenized by SeqIO, as {feature: [1-D token arrays]}
+    per up to 4096 examples; `shard=(index, count)` keeps SeqIO's shard `index` of `count`
+    (disjoint, covering), `skip` drops that many examples first."""
+    task = seqio.get_mixture_or_task(task_name)
+    info = seqio.ShardInfo(*shard) if shard and shard[1] > 1 else None
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
+                          num_epochs=1, shard_info=info)
+    if skip:
+        ds = ds.skip(skip)
+    # Batch with padding (one numpy conversion per 4096 examples instead of per example) and
+    # carry each length so padding can be cut off exactly.
+    ds = ds.map(lambda ex: {**{k: ex[k] for k in _FEATURES},
+                            **{k + "_len": tf.size(ex[k]) for k in _FEATURES}})
+    for b in ds.padded_batch(_TF_BATCH).as_numpy_iterator():
+        yield {k: [row[:n] for row, n in zip(b[k], b[k + "_len"])] for k in _FEATURES}
 
 
 def tokenized_examples(task_name: str, split: str) -> dict[str, list[np.ndarray]]:
     """All examples of a registered task's split, tokenized by SeqIO (cached per process)."""
     key = (task_name, split, tasks.task_fingerprint(task_name))
     if key not in _TOKENIZED_CACHE:
-        task = seqio.get_mixture_or_task(task_name)
-        ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
-                              num_epochs=1)
-        # Batch with padding (one numpy conversion per 4096 examples instead of per example) and
-        # carry each length so padding can be cut off exactly.
-        ds = ds.map(lambda ex: {**{k: ex[k] for k in _FEATURES},
-                                **{k + "_len": tf.size(ex[k]) for k in _FEATURES}})
         out = {k: [] for k in _FEATURES}
-        for b in ds.padded_batch(_TF_BATCH).as_numpy_iterator():
+        for batch in tokenized_batches(task_name, split):
             for k in _FEATURES:
-                out[k].extend(row[:n] for row, n in zip(b[k], b[k + "_len"]))
+                out[k].extend(batch[k])
         if not out["targets"]:
             raise DataError(f"task '{task_name}' has no '{split}' examples")
         _TOKENIZED_CACHE[key] = out
@@ -97,7 +109,10 @@ class TrainBatches:
 
     Host h of H takes rows [h*B/H, (h+1)*B/H) of global batch s (or the explicit `rows`
     [start, stop) its devices hold: `sharding.process_batch_rows`); concatenating the hosts'
-    rows gives the single-process global batch.
+    rows gives the single-process global batch. Examples come from memory (each task's split
+    tokenized by SeqIO at start-up) or, with data.prepared_dir, from ArrayRecord files read on
+    demand (data/prepared.py), and with data.num_workers > 0 whole batches are assembled ahead
+    in grain worker processes; every way gives the same batch at the same step.
     """
 
     def __init__(self, data_cfg: DataConfig, predictor_max_len: int, process_index: int = 0,
@@ -115,60 +130,33 @@ class TrainBatches:
         self.task_names: list[str] = list(rates)
         self.rates = rates
         self.host_batch_size = rows[1] - rows[0]
-        self._global_batch_size = data_cfg.global_batch_size
-        self._offset = rows[0]
         self._step = 0
-        self._arrays, parts, weights = [], [], []
-        for task_id, name in enumerate(self.task_names):
-            if rates[name] <= 0:  # listed for stable task ids, never sampled nor loaded
-                self._arrays.append(None)
-                continue
-            arrays = _contract_arrays(name, "train", predictor_max_len, data_cfg.seq_len)
-            self._arrays.append(arrays)
-            n = len(arrays["decoder_target_tokens"])
-            # Per-task seed: tasks do not share a permutation; each epoch is reshuffled.
-            ds = (grain.MapDataset.range(n).shuffle(seed=data_cfg.seed * 1000 + task_id)
-                  .repeat().map(lambda j, t=task_id: (t, j)))
-            parts.append(ds)
-            weights.append(rates[name])
-        self._mixed = grain.MapDataset.mix(parts, weights=weights)
-        self._seed = data_cfg.seed
-        self._instruction_rate = data_cfg.predictor_instruction_rate
-        self._instruction_tokens = (
+        self._workers, self._prefetch = data_cfg.num_workers, data_cfg.prefetch
+        self._iterator = None
+        splits = _train_splits(self.task_names, rates, data_cfg, predictor_max_len)
+        instruction_tokens = (
             _instruction_tokens(self.task_names, data_cfg, predictor_max_len)
-            if self._instruction_rate > 0 else [None] * len(self.task_names))
+            if data_cfg.predictor_instruction_rate > 0 else [None] * len(self.task_names))
+        self._assemble = BatchAssembler(
+            splits, [rates[n] for n in self.task_names], data_cfg.seed,
+            data_cfg.global_batch_size, rows, data_cfg.predictor_instruction_rate,
+            instruction_tokens)
 
     def __iter__(self):
         return self
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This host's rows of global batch `step` (pure function of config and step)."""
-        start = step * self._global_batch_size + self._offset
-        picks = [self._mixed[i] for i in range(start, start + self.host_batch_size)]
-        rows = {k: [] for k in _CONTRACT_KEYS}
-        for task_id, j in picks:
-            for k in rows:
-                rows[k].append(self._arrays[task_id][k][j])
-        batch = {k: np.stack(v) for k, v in rows.items()}
-        batch["task_id"] = np.asarray([t for t, _ in picks], np.int32)
-        if self._instruction_rate > 0:
-            self._swap_in_instructions(batch, step)
-        return batch
-
-    def _swap_in_instructions(self, batch: dict[str, np.ndarray], step: int) -> None:
-        """Replaces the predictor input of a seeded `predictor_instruction_rate` fraction of rows
-        by their task's instruction text (the same draw on every host: drawn for the global
-        batch, then sliced)."""
-        draws = np.random.default_rng([self._seed, step]).random(self._global_batch_size)
-        draws = draws[self._offset:self._offset + self.host_batch_size]
-        for row, (task_id, draw) in enumerate(zip(batch["task_id"], draws)):
-            tokens = self._instruction_tokens[task_id]
-            if tokens is not None and draw < self._instruction_rate:
-                batch["predictor_tokens"][row] = tokens
-                batch["predictor_truncated"][row] = 0
+        return self._assemble(step)
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch_at(self._step)
+        if self._workers == 0:
+            batch = self.batch_at(self._step)
+        else:
+            if self._iterator is None:
+                self._iterator = _prefetched(self._assemble, self._step, self._workers,
+                                             self._prefetch)
+            batch = next(self._iterator)
         self._step += 1
         return batch
 
@@ -178,6 +166,46 @@ class TrainBatches:
 
     def set_state(self, state: dict) -> None:
         self._step = int(state["step"])
+        self.close()
+
+    def close(self) -> None:
+        """Stops the worker processes (if any); iteration restarts them at the current step."""
+        if self._iterator is not None:
+            close = getattr(self._iterator, "close", None)
+            if close is not None:
+                close()
+            self._iterator = None
+
+
+def _prefetched(assemble: BatchAssembler, start: int, workers: int, buffer: int):
+    """Batches start, start+1, ... assembled in `workers` grain processes, in step order."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; ifp's CLI is argparse
+        flags.FLAGS.mark_as_parsed()
+    steps = grain.MapDataset.range(start, start + _ENDLESS).map(assemble)
+    return iter(steps.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=buffer)))
+
+
+def _train_splits(task_names: list[str], rates: dict, data_cfg: DataConfig,
+                  predictor_max_len: int) -> list:
+    """Per task: its train split in memory or prepared on disk (None for rate 0)."""
+    if data_cfg.prepared_dir:
+        from ifp_jax.data.prepare import fingerprint
+        manifest = prepared.load_manifest(data_cfg.prepared_dir)
+        prepared.check_fingerprint(data_cfg.prepared_dir, manifest,
+                                   fingerprint(data_cfg, predictor_max_len))
+    out = []
+    for name in task_names:
+        if rates[name] <= 0:
+            out.append(None)
+        elif data_cfg.prepared_dir:
+            out.append(prepared.PreparedSplit(data_cfg.prepared_dir, name, "train",
+                                              predictor_max_len, data_cfg.seq_len, manifest))
+        else:
+            out.append(prepared.InMemorySplit(_contract_arrays(name, "train", predictor_max_len,
+                                                               data_cfg.seq_len)))
+    return out
 
 
 def _instruction_tokens(task_names: list[str], data_cfg: DataConfig,

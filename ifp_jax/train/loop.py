@@ -161,6 +161,7 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
         for hook in all_hooks:
             hook.end(ctx, step, state)
     finally:
+        batches.close()  # stops data workers, if any
         ckpt.close()
         preempt.restore()
         writer.close()

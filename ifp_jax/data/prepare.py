@@ -1,0 +1,169 @@
+"""`ifp data prepare`: every task of a mixture preprocessed once by SeqIO (tokenisation, the CPT
+chunk rule, prompt/response formatting, truncation to the batch contract) and written as
+ArrayRecord files that training reads on demand (data/prepared.py has the layout and format).
+
+ArrayRecord rather than seqio's cache: grain reads it natively with random access, which the
+trainer needs (the batch at step s is a pure function of the config and s, so resume reads
+exactly the rows it needs), and a record is a fixed-width int32 row of the batch contract, so a
+batch decodes with one reshape. seqio's cache is TFRecord (sequential) and would still need
+tokens turned into the contract per batch.
+
+Resumable and parallel: process p of n prepares SeqIO's shard p of n of every task's splits
+(disjoint and covering), in files of at most `examples_per_file` examples, each written under a
+temporary name and renamed when complete; a rerun skips finished parts and files. The last
+process to finish writes DIR/manifest.json. Examples are stored part after part (the order of
+a single-process preparation when n = 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from ifp_jax.config import DataConfig
+from ifp_jax.data import pipeline, prepared, tasks
+from ifp_jax.data.errors import DataError
+from ifp_jax.data.tf_import import seqio
+
+PLAN = "prepare.json"  # the fingerprint and process count a (partial) preparation was started with
+
+
+def fingerprint(data_cfg: DataConfig, predictor_max_len: int) -> dict:
+    """Every choice that changes the prepared examples (not rates, seeds or batch sizes, which
+    only change how they are drawn)."""
+    tasks.register_all(data_cfg, predictor_max_len)
+    names = tasks.mixture_rates(dataclasses.replace(data_cfg, rates={}))
+    return {"mixture": data_cfg.mixture, "seq_len": data_cfg.seq_len,
+            "predictor_max_len": predictor_max_len, "vocabulary": data_cfg.vocabulary,
+            "predictor_vocabulary": data_cfg.predictor_vocabulary,
+            "tasks": {name: tasks.task_fingerprint(name) for name in names}}
+
+
+def _part_name(index: int, count: int) -> str:
+    return f"part{index:03d}of{count:03d}"
+
+
+def _write_file(path: str, rows) -> None:
+    """ArrayRecord file of int32 rows, complete or absent (written to .tmp, then renamed)."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+    tmp = path + ".tmp"
+    writer = ArrayRecordWriter(tmp, "group_size:1")  # one record per chunk: cheap random reads
+    for row in rows:
+        writer.write(row.tobytes())
+    writer.close()
+    os.replace(tmp, path)
+
+
+def _prepare_part(out: str, task: str, split: str, index: int, count: int,
+                  predictor_max_len: int, seq_len: int, examples_per_file: int,
+                  log: Callable[[str], None]) -> dict:
+    """Writes (or finishes) part `index` of `count` of one task's split; returns its record."""
+    directory = os.path.join(out, task, split)
+    os.makedirs(directory, exist_ok=True)
+    part = _part_name(index, count)
+    marker = os.path.join(directory, part + ".json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return json.load(f)
+    # Resume after the files already written (complete by construction: renamed when closed).
+    done = sorted(glob.glob(os.path.join(directory, part + "-*.array_record")))
+    files = [os.path.relpath(p, out) for p in done]
+    counts = [_num_records(p) for p in done]
+    written = sum(counts)
+    pending, t0, total = None, time.time(), written
+    for batch in pipeline.tokenized_batches(task, split, (index, count), skip=written):
+        rows = prepared.encode_rows(pipeline.to_contract(batch, predictor_max_len, seq_len))
+        pending = rows if pending is None else np.concatenate([pending, rows])
+        while len(pending) >= examples_per_file:
+            files.append(_flush(out, directory, part, len(files), pending[:examples_per_file]))
+            counts.append(examples_per_file)
+            pending = pending[examples_per_file:]
+        total += len(rows)
+        log(f"[ifp] {task}/{split} {part}: {total:,} examples "
+            f"({(total - written) / max(time.time() - t0, 1e-9):,.0f}/s)")
+    if pending is not None and len(pending):
+        files.append(_flush(out, directory, part, len(files), pending))
+        counts.append(len(pending))
+    record = {"files": files, "examples": counts}
+    tmp = marker + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, marker)
+    return record
+
+
+def _num_records(path: str) -> int:
+    from array_record.python.array_record_module import ArrayRecordReader
+    reader = ArrayRecordReader(path)
+    try:
+        return reader.num_records()
+    finally:
+        reader.close()
+
+
+def _flush(out: str, directory: str, part: str, number: int, rows) -> str:
+    path = os.path.join(directory, f"{part}-{number:05d}.array_record")
+    _write_file(path, rows)
+    return os.path.relpath(path, out)
+
+
+def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_index: int = 0,
+            process_count: int = 1, examples_per_file: int = 100_000,
+            log: Callable[[str], None] = print) -> dict | None:
+    """Prepares this process's parts of every task of data_cfg.mixture into `out`; returns the
+    manifest once every part of every process is done (else None)."""
+    if not 0 <= process_index < process_count:
+        raise DataError(f"--process-index {process_index} must be in 0..{process_count - 1}")
+    fp = fingerprint(data_cfg, predictor_max_len)
+    plan = {"fingerprint": fp, "process_count": process_count,
+            "examples_per_file": examples_per_file}
+    os.makedirs(out, exist_ok=True)
+    plan_path = os.path.join(out, PLAN)
+    if os.path.exists(plan_path):
+        with open(plan_path) as f:
+            started = json.load(f)
+        if started != plan:
+            key = next(k for k in plan if plan[k] != started.get(k))
+            raise DataError(f"{out} holds a preparation started with another {key}; prepare "
+                            f"into a new --out directory (nothing in {out} was changed)")
+    else:
+        tmp = f"{plan_path}.{process_index}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(plan, f, indent=1)
+        os.replace(tmp, plan_path)
+    names = list(fp["tasks"])
+    splits = {name: list(seqio.get_mixture_or_task(name).splits) for name in names}
+    for name in names:
+        for split in splits[name]:
+            _prepare_part(out, name, split, process_index, process_count, predictor_max_len,
+                          data_cfg.seq_len, examples_per_file, log)
+    return _write_manifest_if_complete(out, fp, splits, process_count)
+
+
+def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) -> dict | None:
+    entries: dict = {}
+    for name, task_splits in splits.items():
+        for split in task_splits:
+            files, examples = [], 0
+            for index in range(count):
+                marker = os.path.join(out, name, split, _part_name(index, count) + ".json")
+                if not os.path.exists(marker):
+                    return None  # another process is still at work
+                with open(marker) as f:
+                    record = json.load(f)
+                files += record["files"]
+                examples += sum(record["examples"])
+            entries.setdefault(name, {})[split] = {"examples": examples, "files": files}
+    manifest = {"format": prepared.FORMAT, "fingerprint": fp, "tasks": entries}
+    path = os.path.join(out, prepared.MANIFEST)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, path)
+    return manifest

@@ -1,0 +1,153 @@
+"""Prepared data on disk (`ifp data prepare`): reading it back, and the record format.
+
+Light on purpose (numpy, grain, array_record; no TensorFlow or JAX), since grain's worker
+processes import it to assemble batches.
+
+Layout of a prepared directory (written by data/prepare.py):
+  DIR/manifest.json            {"format", "fingerprint": {...}, "tasks": {task: {split:
+                                 {"examples": n, "files": [relative paths, part-major]}}}}
+  DIR/<task>/<split>/part<p>of<n>-<f>.array_record   ArrayRecord files, one record per example
+  DIR/<task>/<split>/part<p>of<n>.json               a finished part (resumable preparation)
+
+A record is one example in the batch contract (data/pipeline.py), as little-endian int32:
+  [predictor_tokens (P) | decoder_target_tokens (T) | loss_start, loss_end, predictor_truncated,
+   decoder_truncated]
+decoder_loss_weights is 1 on [loss_start, loss_end) and decoder_input_tokens the targets shifted
+right by one, so every contract array is recovered exactly, and a batch decodes in one reshape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ifp_jax.data.errors import DataError
+
+FORMAT = "ifp-contract-int32-v1"
+MANIFEST = "manifest.json"
+_TAIL = 4  # loss_start, loss_end, predictor_truncated, decoder_truncated
+
+
+def record_width(predictor_len: int, seq_len: int) -> int:
+    return predictor_len + seq_len + _TAIL
+
+
+def encode_rows(contract: dict[str, np.ndarray]) -> np.ndarray:
+    """Contract arrays of n examples -> [n, P + T + 4] int32 records (see the module doc)."""
+    weights = contract["decoder_loss_weights"] > 0
+    t = weights.shape[1]
+    any_loss = weights.any(1)
+    start = np.where(any_loss, weights.argmax(1), 0)
+    end = np.where(any_loss, t - weights[:, ::-1].argmax(1), 0)
+    contiguous = (weights.sum(1) == end - start)
+    if not contiguous.all():
+        raise DataError("an example's loss positions are not one contiguous span; the prepared "
+                        "format cannot hold it")
+    tail = np.stack([start, end, contract["predictor_truncated"],
+                     contract["decoder_truncated"]], axis=1)
+    return np.concatenate([contract["predictor_tokens"], contract["decoder_target_tokens"],
+                           tail], axis=1).astype("<i4")
+
+
+def decode_rows(rows: np.ndarray, predictor_len: int, seq_len: int) -> dict[str, np.ndarray]:
+    """[n, P + T + 4] int32 records -> the contract arrays (without task_id)."""
+    p, t = predictor_len, seq_len
+    targets = rows[:, p:p + t].astype(np.int32)
+    start, end = rows[:, p + t], rows[:, p + t + 1]
+    positions = np.arange(t)
+    inputs = np.zeros_like(targets)
+    inputs[:, 1:] = targets[:, :-1]
+    return {"predictor_tokens": rows[:, :p].astype(np.int32),
+            "decoder_input_tokens": inputs,
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": ((positions >= start[:, None]) &
+                                     (positions < end[:, None])).astype(np.float32),
+            "predictor_truncated": rows[:, p + t + 2].astype(np.int32),
+            "decoder_truncated": rows[:, p + t + 3].astype(np.int32)}
+
+
+def load_manifest(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        raise DataError(f"{path} not found: prepare the data first with `ifp data prepare "
+                        f"--out {directory}` (or finish the preparation that started there)")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{directory} holds prepared data of format {manifest.get('format')!r}, "
+                        f"this version reads {FORMAT!r}; prepare it again")
+    return manifest
+
+
+def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
+    """One-line DataError naming the first preprocessing choice that differs."""
+    stored = manifest["fingerprint"]
+    for key in sorted(set(stored) | set(expected)):
+        if stored.get(key) != expected.get(key):
+            mine, theirs = expected.get(key), stored.get(key)
+            if isinstance(mine, dict) and isinstance(theirs, dict):
+                names = sorted(n for n in set(mine) | set(theirs)
+                               if mine.get(n) != theirs.get(n))
+                raise DataError(f"data.prepared_dir={directory} was prepared with other "
+                                f"{key} for {', '.join(names[:3])}; prepare it again for this "
+                                f"config (`ifp data prepare`) or use the config it was made for")
+            raise DataError(f"data.prepared_dir={directory} was prepared with {key}={theirs!r}, "
+                            f"this config has {mine!r}; prepare it again for this config "
+                            f"(`ifp data prepare`) or use the config it was made for")
+
+
+class PreparedSplit:
+    """One task's split on disk: `len()` examples, `read(indices)` -> contract arrays.
+
+    The ArrayRecord readers open on first use, so the object pickles into grain workers.
+    """
+
+    def __init__(self, directory: str, task: str, split: str, predictor_len: int, seq_len: int,
+                 manifest: dict):
+        entry = manifest["tasks"].get(task, {}).get(split)
+        if entry is None:
+            raise DataError(f"data.prepared_dir={directory} has no '{split}' split of task "
+                            f"'{task}'; prepare the mixture that contains it")
+        self.paths = [os.path.join(directory, f) for f in entry["files"]]
+        self.examples = int(entry["examples"])
+        self.predictor_len, self.seq_len = predictor_len, seq_len
+        self._source = None
+
+    def __len__(self) -> int:
+        return self.examples
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Contract arrays of the examples at `indices` (any order, repeats allowed)."""
+        if self._source is None:
+            from grain.python import ArrayRecordDataSource
+            missing = [p for p in self.paths if not os.path.exists(p)]
+            if missing:
+                raise DataError(f"prepared file {missing[0]} is missing; prepare the data again")
+            self._source = ArrayRecordDataSource(self.paths)
+        records = self._source.__getitems__([int(i) for i in indices])
+        width = record_width(self.predictor_len, self.seq_len)
+        blob = b"".join(records)
+        if len(blob) != 4 * width * len(records):
+            raise DataError(f"a record of {self.paths[0]}... has the wrong size (expected "
+                            f"{4 * width} bytes): the prepared data is damaged or from another "
+                            f"format; prepare it again")
+        rows = np.frombuffer(blob, "<i4").reshape(len(records), width)
+        return decode_rows(rows, self.predictor_len, self.seq_len)
+
+
+class InMemorySplit:
+    """The same interface over contract arrays already in memory."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["decoder_target_tokens"])
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v[indices] for k, v in self.arrays.items()}

@@ -113,6 +113,10 @@ class DataConfig:
     # Training examples from `ifp data prepare --out DIR` (ArrayRecord, read on demand) instead
     # of tokenizing every task into memory at start-up; "" = in memory.
     prepared_dir: str = ""
+    # CPT over local text: files, directories or globs, comma-separated (.txt, .jsonl with a
+    # "text" field, .parquet with a "text" column); registers the task 'ifp_text'.
+    text_files: str = ""
+    skip_bad_lines: bool = False  # a non-UTF-8 / malformed line: error (False) or skip, counted
     num_workers: int = 0  # grain processes assembling batches ahead of the step (0 = inline)
     prefetch: int = 2  # batches each worker keeps ready
 

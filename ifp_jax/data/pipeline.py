@@ -20,6 +20,8 @@ Batch contract (T = DataConfig.seq_len, P = predictor max prompt length):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import grain
 
@@ -39,21 +41,48 @@ _TOKENIZED_CACHE: dict[tuple, dict[str, list[np.ndarray]]] = {}
 
 def tokenized_batches(task_name: str, split: str, shard: tuple[int, int] | None = None,
                       skip: int = 0):
-    """Yields a registered task's split tokenized by SeqIO, as {feature: [1-D token arrays]}
-    per up to 4096 examples; `shard=(index, count)` keeps SeqIO's shard `index` of `count`
-    (disjoint, covering), `skip` drops that many examples first."""
+    """Yields a registered task's split tokenized by SeqIO, as {feature: Ragged} per up to 4096
+    examples; `shard=(index, count)` keeps SeqIO's shard `index` of `count` (disjoint,
+    covering), `skip` drops that many examples first."""
     task = seqio.get_mixture_or_task(task_name)
     info = seqio.ShardInfo(*shard) if shard and shard[1] > 1 else None
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
                           num_epochs=1, shard_info=info)
     if skip:
         ds = ds.skip(skip)
-    # Batch with padding (one numpy conversion per 4096 examples instead of per example) and
-    # carry each length so padding can be cut off exactly.
-    ds = ds.map(lambda ex: {**{k: ex[k] for k in _FEATURES},
-                            **{k + "_len": tf.size(ex[k]) for k in _FEATURES}})
-    for b in ds.padded_batch(_TF_BATCH).as_numpy_iterator():
-        yield {k: [row[:n] for row, n in zip(b[k], b[k + "_len"])] for k in _FEATURES}
+    ds = ds.map(lambda ex: {k: ex[k] for k in _FEATURES})
+    # Ragged batches: one numpy conversion per 4096 examples, no per-example op or padding.
+    for b in ds.ragged_batch(_TF_BATCH):
+        yield {k: Ragged.from_batch(b[k]) for k in _FEATURES}
+
+
+class Ragged(NamedTuple):
+    """Rows of different lengths: row i is values[splits[i]:splits[i + 1]]."""
+    values: np.ndarray
+    splits: np.ndarray
+
+    @classmethod
+    def of(cls, rows: list[np.ndarray]) -> "Ragged":
+        rows = list(rows)
+        lengths = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+        values = np.concatenate(rows) if len(rows) else np.zeros((0,), np.int32)
+        return cls(values, np.concatenate([[0], np.cumsum(lengths)]))
+
+    @classmethod
+    def from_batch(cls, batch) -> "Ragged":
+        """From tf.data's ragged_batch output: a tf.RaggedTensor, or a dense [n, L] tf.Tensor
+        when every row has the same static length."""
+        if isinstance(batch, tf.RaggedTensor):
+            return cls(batch.values.numpy(), batch.row_splits.numpy().astype(np.int64))
+        dense = batch.numpy()
+        n, length = dense.shape
+        return cls(dense.reshape(-1), np.arange(n + 1, dtype=np.int64) * length)
+
+    def rows(self) -> list[np.ndarray]:
+        return [self.values[a:b] for a, b in zip(self.splits[:-1], self.splits[1:])]
+
+    def __len__(self) -> int:
+        return len(self.splits) - 1
 
 
 def tokenized_examples(task_name: str, split: str) -> dict[str, list[np.ndarray]]:
@@ -63,33 +92,44 @@ def tokenized_examples(task_name: str, split: str) -> dict[str, list[np.ndarray]
         out = {k: [] for k in _FEATURES}
         for batch in tokenized_batches(task_name, split):
             for k in _FEATURES:
-                out[k].extend(batch[k])
+                out[k].extend(batch[k].rows())
         if not out["targets"]:
             raise DataError(f"task '{task_name}' has no '{split}' examples")
         _TOKENIZED_CACHE[key] = out
     return _TOKENIZED_CACHE[key]
 
 
-def to_contract(examples: dict[str, list[np.ndarray]], predictor_max_len: int,
-                seq_len: int) -> dict[str, np.ndarray]:
-    """Tokenized prompt/target lists -> fixed-shape arrays of the batch contract (no task_id)."""
-    n, p, t = len(examples["targets"]), predictor_max_len, seq_len
+def _place(out: np.ndarray, source: Ragged, starts: np.ndarray, counts: np.ndarray,
+           columns: np.ndarray) -> None:
+    """out[i, columns[i] : columns[i] + counts[i]] = row i of `source` from starts[i] on."""
+    n = len(counts)
+    rows = np.repeat(np.arange(n), counts)
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[rows, columns[rows] + within] = source.values[source.splits[rows] + starts[rows] + within]
+
+
+def to_contract(examples: dict, predictor_max_len: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Tokenized prompts/targets ({feature: Ragged or list of 1-D arrays}) -> fixed-shape arrays
+    of the batch contract (no task_id), vectorised over the examples."""
+    pred, prompt, resp = (examples[k] if isinstance(examples[k], Ragged) else
+                          Ragged.of(examples[k]) for k in _FEATURES)
+    n, p, t = len(resp), predictor_max_len, seq_len
+    lp, li, lt = (np.diff(r.splits) for r in (pred, prompt, resp))
     out = {"predictor_tokens": np.zeros((n, p), np.int32),
-           "decoder_target_tokens": np.zeros((n, t), np.int32),
-           "decoder_loss_weights": np.zeros((n, t), np.float32),
-           "predictor_truncated": np.zeros((n,), np.int32),
-           "decoder_truncated": np.zeros((n,), np.int32)}
-    for i, (pred, prompt, resp) in enumerate(zip(*(examples[k] for k in _FEATURES))):
-        if len(pred) > p:  # keep the end: the predictor reads the last prompt token
-            pred, out["predictor_truncated"][i] = pred[-p:], 1
-        out["predictor_tokens"][i, :len(pred)] = pred
-        if len(prompt) + len(resp) > t:
-            out["decoder_truncated"][i] = 1
-            resp = resp[:t]
-            prompt = prompt[len(prompt) - (t - len(resp)):] if t > len(resp) else prompt[:0]
-        seq = np.concatenate([prompt, resp])
-        out["decoder_target_tokens"][i, :len(seq)] = seq
-        out["decoder_loss_weights"][i, len(prompt):len(seq)] = 1.0
+           "decoder_target_tokens": np.zeros((n, t), np.int32)}
+    # The predictor keeps a prompt's LAST p tokens: it reads the last one.
+    kept = np.minimum(lp, p)
+    _place(out["predictor_tokens"], pred, lp - kept, kept, np.zeros(n, np.int64))
+    # Over-long: the prompt loses tokens from the left first, then the response from the right.
+    kr = np.minimum(lt, t)
+    kp = np.minimum(li, t - kr)
+    _place(out["decoder_target_tokens"], prompt, li - kp, kp, np.zeros(n, np.int64))
+    _place(out["decoder_target_tokens"], resp, np.zeros(n, np.int64), kr, kp)
+    positions = np.arange(t)
+    out["decoder_loss_weights"] = ((positions >= kp[:, None]) &
+                                   (positions < (kp + kr)[:, None])).astype(np.float32)
+    out["predictor_truncated"] = (lp > p).astype(np.int32)
+    out["decoder_truncated"] = (li + lt > t).astype(np.int32)
     out["decoder_input_tokens"] = np.zeros_like(out["decoder_target_tokens"])
     out["decoder_input_tokens"][:, 1:] = out["decoder_target_tokens"][:, :-1]
     return out

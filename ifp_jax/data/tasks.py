@@ -25,7 +25,7 @@ import sysconfig
 from typing import Callable, Iterable, Optional, Sequence
 
 from ifp_jax.config import DataConfig
-from ifp_jax.data import facts, skills
+from ifp_jax.data import facts, skills, text_files
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
@@ -34,6 +34,7 @@ from ifp_jax.data.vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
 CPT_STDLIB = "ifp_cpt_stdlib"
+TEXT_FILES_TASK = "ifp_text"  # CPT over data.text_files (text_files.py); also a mixture name
 JSONL_TASK = "ifp_jsonl"
 MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt", "ifp_facts")
 
@@ -200,41 +201,60 @@ def cpt_chunk_preprocessor(dataset: tf.data.Dataset, chunk_len: int, num_chunks:
 
     Chunking is done in LLM tokens (for the byte vocabulary: bytes), windows never cross
     documents and a document's tail shorter than a window is dropped. For example k (1-based,
-    k < K): 'inputs' = chunks 1..k, 'targets' = chunk k+1, and the predictor reads chunk k: its
-    LLM tokens are detokenized to text and re-tokenized with the predictor vocabulary (identical
-    tokens when both vocabularies are the same byte vocabulary).
+    k < K): 'inputs' = chunks 1..k, 'targets' = chunk k+1, and the predictor reads chunk k: with
+    one vocabulary for both, its tokens as they are; with two, detokenized to text and
+    re-tokenized with the predictor vocabulary.
     """
     window = chunk_len * num_chunks
 
     def windows(ex):
         ids = llm_vocab.encode_tf(ex["text"])
         n = tf.size(ids) // window
-        return tf.data.Dataset.from_tensor_slices(tf.reshape(ids[:n * window], [n, window]))
+        return tf.reshape(ids[:n * window], [n, window])
 
-    def example(w, k):
-        chunk_text = llm_vocab.decode_tf(w[(k - 1) * chunk_len:k * chunk_len])
-        return {"predictor_tokens": predictor_vocab.encode_tf(chunk_text),
-                "inputs": w[:k * chunk_len],
-                "targets": w[k * chunk_len:(k + 1) * chunk_len]}
+    if llm_vocab == predictor_vocab:
+        # Every example of a document at once (sliced from its [n, window] tokens): no
+        # per-example op, several times faster than a map per example.
+        def examples_of(ex, k):
+            w = windows(ex)
+            return tf.data.Dataset.from_tensor_slices({
+                "predictor_tokens": w[:, (k - 1) * chunk_len:k * chunk_len],
+                "inputs": w[:, :k * chunk_len],
+                "targets": w[:, k * chunk_len:(k + 1) * chunk_len]})
 
+        per_k = [dataset.flat_map(functools.partial(examples_of, k=k))
+                 for k in range(1, num_chunks)]
+    else:
+        def example(w, k):
+            chunk = w[(k - 1) * chunk_len:k * chunk_len]
+            return {"predictor_tokens": predictor_vocab.encode_tf(llm_vocab.decode_tf(chunk)),
+                    "inputs": w[:k * chunk_len],
+                    "targets": w[k * chunk_len:(k + 1) * chunk_len]}
+
+        wins = dataset.flat_map(lambda ex: tf.data.Dataset.from_tensor_slices(windows(ex)))
+        per_k = [wins.map(functools.partial(example, k=k), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True) for k in range(1, num_chunks)]
     # One flat pass per k (a nested dataset per window is ~5x slower); the pipeline shuffles.
-    wins = dataset.flat_map(windows)
-    per_k = [wins.map(functools.partial(example, k=k), num_parallel_calls=tf.data.AUTOTUNE,
-                      deterministic=True) for k in range(1, num_chunks)]
     return functools.reduce(tf.data.Dataset.concatenate, per_k)
 
 
 def register_cpt_task(name: str, text_fn: Callable[[str], Iterable[str]], data_cfg: DataConfig,
-                      source_id: str = "") -> None:
+                      source_id: str = "", streaming: bool = False) -> None:
     """CPT task over any text: `text_fn(split)` yields the documents of 'train'/'validation'.
 
     `source_id` should change when the text does (it keys the registration's idempotence).
+    `streaming=True` reads the documents as tf.data pulls them (a corpus larger than memory)
+    instead of materialising them first.
     """
     llm = get_vocabulary(data_cfg.vocabulary)
     pred = get_vocabulary(data_cfg.predictor_vocabulary)
 
     def dataset_fn(split, shuffle_files=False, seed=None):
         del shuffle_files, seed
+        if streaming:
+            return tf.data.Dataset.from_generator(
+                lambda: ({"text": doc} for doc in text_fn(split)),
+                output_signature={"text": tf.TensorSpec((), tf.string)})
         docs = list(text_fn(split))
         return tf.data.Dataset.from_tensor_slices({"text": tf.constant(docs, tf.string)})
 
@@ -248,6 +268,10 @@ def register_cpt_task(name: str, text_fn: Callable[[str], Iterable[str]], data_c
                   cpt_chunk_preprocessor, chunk_len=data_cfg.cpt_chunk_len,
                   num_chunks=data_cfg.cpt_num_chunks, llm_vocab=llm, predictor_vocab=pred)],
               metric_fns=[])
+
+
+def _text_file_documents(files: tuple[str, ...], skip_bad: bool, split: str):
+    return text_files.documents(list(files), split, skip_bad)
 
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -295,6 +319,13 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     register_cpt_task(CPT_STDLIB, stdlib_texts, data_cfg,
                       source_id=f"stdlib:{sysconfig.get_paths()['stdlib']}:"
                                 f"{json.dumps(CPT_STDLIB_MAX_BYTES)}")
+    if data_cfg.text_files:
+        files = text_files.resolve_files(data_cfg.text_files)
+        register_cpt_task(
+            TEXT_FILES_TASK, functools.partial(_text_file_documents, tuple(files),
+                                               data_cfg.skip_bad_lines), data_cfg,
+            source_id=json.dumps([[f, os.stat(f).st_mtime_ns, os.stat(f).st_size]
+                                  for f in files] + [data_cfg.skip_bad_lines]), streaming=True)
     if data_cfg.jsonl_path and is_multitask(data_cfg.jsonl_path):
         _add_mixture(USER_MIXTURE, register_user_tasks(data_cfg.jsonl_path, data_cfg))
     elif data_cfg.jsonl_path:

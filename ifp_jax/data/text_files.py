@@ -1,0 +1,128 @@
+"""Local text corpora for continued pre-training (data.text_files), streamed document by document.
+
+`data.text_files` is a comma-separated list of files, directories or glob patterns, read in
+sorted path order:
+  *.txt      documents separated by blank lines (a file without blank lines is one document;
+             documents are cut at MAX_DOC_CHARS so a single huge line never fills memory)
+  *.jsonl    one document per line, its "text" field
+  *.parquet  one document per row of its "text" column (pyarrow, read one row group at a time)
+Document i (0-based, over all files) is held out for 'validation' iff i % 20 == 19.
+
+A line that is not UTF-8 (or a JSONL line that is not an object with a string "text") is a
+one-line DataError naming file:line, or, with data.skip_bad_lines=true, skipped and counted
+(`skipped_lines()`; `ifp data prepare` reports the count).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator
+
+from ifp_jax.data.errors import DataError
+
+SUFFIXES = (".txt", ".jsonl", ".parquet")
+HELD_OUT_EVERY = 20
+MAX_DOC_CHARS = 1_000_000
+_SKIPPED = {"lines": 0}
+
+
+def resolve_files(spec: str) -> list[str]:
+    """The files `spec` names (see the module doc), sorted; a one-line DataError if none."""
+    files: set[str] = set()
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if os.path.isdir(item):
+            matches = [os.path.join(item, f) for f in os.listdir(item)]
+        else:
+            matches = glob.glob(item)
+            if not matches and not glob.has_magic(item):
+                raise DataError(f"data.text_files: {item} does not exist")
+        files.update(os.path.abspath(m) for m in matches
+                     if os.path.isfile(m) and m.endswith(SUFFIXES))
+    if not files:
+        raise DataError(f"data.text_files={spec!r} names no {'/'.join(SUFFIXES)} files")
+    return sorted(files)
+
+
+def skipped_lines() -> int:
+    return _SKIPPED["lines"]
+
+
+def _bad(path: str, line: int, why: str, skip: bool) -> None:
+    if not skip:
+        raise DataError(f"{path}:{line}: {why}; fix or remove it (or set "
+                        f"data.skip_bad_lines=true to skip such lines, counted)")
+    _SKIPPED["lines"] += 1
+
+
+def _txt_documents(path: str, skip_bad: bool) -> Iterator[str]:
+    parts: list[str] = []
+    size = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                _bad(path, number, "not UTF-8", skip_bad)
+                continue
+            if not line.strip():
+                if parts:
+                    yield "".join(parts)
+                parts, size = [], 0
+                continue
+            parts.append(line)
+            size += len(line)
+            if size >= MAX_DOC_CHARS:
+                yield "".join(parts)
+                parts, size = [], 0
+    if parts:
+        yield "".join(parts)
+
+
+def _jsonl_documents(path: str, skip_bad: bool) -> Iterator[str]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                _bad(path, number, f"not a UTF-8 JSON line ({type(e).__name__})", skip_bad)
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                _bad(path, number, 'expected an object with a string "text" field', skip_bad)
+                continue
+            yield record["text"]
+
+
+def _parquet_documents(path: str, skip_bad: bool) -> Iterator[str]:
+    import pyarrow.parquet as pq
+    reader = pq.ParquetFile(path)
+    if "text" not in reader.schema_arrow.names:
+        raise DataError(f"{path} has no 'text' column (columns: "
+                        f"{', '.join(reader.schema_arrow.names)})")
+    for group in range(reader.num_row_groups):
+        for text in reader.read_row_group(group, columns=["text"]).column("text").to_pylist():
+            if isinstance(text, str):
+                yield text
+            else:
+                _bad(path, group, "a null or non-string 'text' value in this row group",
+                     skip_bad)
+
+
+_READERS = {".txt": _txt_documents, ".jsonl": _jsonl_documents,
+            ".parquet": _parquet_documents}
+
+
+def documents(files: list[str], split: str, skip_bad: bool = False) -> Iterator[str]:
+    """The documents of `split` ('train' or 'validation') of `files`, streamed."""
+    index = 0
+    for path in files:
+        suffix = os.path.splitext(path)[1]
+        for doc in _READERS[suffix](path, skip_bad):
+            if (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split == "validation"):
+                yield doc
+            index += 1

@@ -5,6 +5,7 @@
 
     ifp bench train [EXPERIMENT] [section.key=value ...] [--peer] [--json] [--steps N] [--warmup N]
     ifp bench infer [section.key=value ...] [--sizes 2m 50m] [--no-peer] [--json]
+    ifp bench data [--gb 2] [--workers 0 1 2] [--prepare-processes N] [--json]
 """
 
 from __future__ import annotations
@@ -73,4 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--no-peer", action="store_true", help="skip the transformers arm")
     i.add_argument("--json", action="store_true", help="print all figures as one JSON object")
     i.set_defaults(fn=_cmd_bench_infer)
+
+    from ifp_jax.data.cli import add_bench_data_parser
+    add_bench_data_parser(bsub)
     return bench

@@ -7,9 +7,14 @@ import argparse
 
 def _cmd_prepare(args) -> None:
     from ifp_jax.cli import _resolve
+    from ifp_jax.config import ExperimentConfig, apply_overrides
     from ifp_jax.data.prepare import prepare
-    overrides = list(args.overrides) + ([f"data.mixture={args.mixture}"] if args.mixture else [])
-    cfg = _resolve(args.experiment, overrides)
+    experiment, overrides = args.experiment, list(args.overrides)
+    if experiment is not None and "=" in experiment:  # no experiment named: an override
+        experiment, overrides = None, [experiment] + overrides
+    overrides += [f"data.mixture={args.mixture}"] if args.mixture else []
+    cfg = (_resolve(experiment, overrides) if experiment
+           else apply_overrides(ExperimentConfig(), overrides))
     manifest = prepare(cfg.data, cfg.predictor.max_prompt_len, args.out, args.process_index,
                        args.process_count, args.examples_per_file)
     if manifest is None:
@@ -24,6 +29,38 @@ def _cmd_prepare(args) -> None:
           f"(and data.num_workers=N to assemble batches in N processes)")
 
 
+def _cmd_bench_data(args) -> None:
+    import json
+    import os
+    from ifp_jax.bench.data_bench import format_report, run_data_bench
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "ifp_jax")
+    tag = f"{args.gb:g}gb"
+    result = run_data_bench(args.gb, args.corpus or os.path.join(cache, f"corpus_{tag}"),
+                            args.prepared or os.path.join(cache, f"prepared_{tag}"),
+                            tuple(args.workers), args.batches, args.step_tokens_per_s,
+                            args.prepare_processes)
+    print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
+
+
+def add_bench_data_parser(bench_subparsers) -> None:
+    b = bench_subparsers.add_parser(
+        "data", help="the loader alone on a generated corpus: examples/s, tokens/s, memory",
+        description="Generates a text corpus, prepares it (ifp data prepare), then draws "
+                    "batches with 0, 1, 2 grain workers against the train step's tokens/s "
+                    "(bench train's default shape, measured in the same run). Corpus and "
+                    "prepared data are cached under ~/.cache/ifp_jax and reused.")
+    b.add_argument("--gb", type=float, default=2.0, help="corpus size in GB (default 2)")
+    b.add_argument("--corpus", default=None, help="corpus directory (default: cache)")
+    b.add_argument("--prepared", default=None, help="prepared directory (default: cache)")
+    b.add_argument("--prepare-processes", type=int, default=1)
+    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--batches", type=int, default=2000, help="timed batches per setting")
+    b.add_argument("--step-tokens-per-s", type=float, default=None,
+                   help="compare with this train-step figure instead of measuring one")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_cmd_bench_data)
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     d = subparsers.add_parser("data", help="prepare a mixture on disk once (ArrayRecord) for "
                                            "training to stream")
@@ -34,8 +71,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "predictor settings (seq_len, vocabularies, CPT chunks, predictor prompt "
                     "length) and writes ArrayRecord files plus OUT/manifest.json. Resumable; "
                     "with --process-count N, N processes prepare disjoint shards.")
-    p.add_argument("experiment", help="a registered experiment: its data.* and predictor "
-                                      "prompt length shape the prepared rows")
+    p.add_argument("experiment", nargs="?", default=None,
+                   help="a registered experiment: its data.* and predictor prompt length shape "
+                        "the prepared rows (default: the config defaults + overrides)")
     p.add_argument("--out", required=True)
     p.add_argument("--mixture", default=None, help="shortcut for data.mixture=NAME")
     p.add_argument("--process-index", type=int, default=0)

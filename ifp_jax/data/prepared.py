@@ -128,7 +128,11 @@ class PreparedSplit:
             missing = [p for p in self.paths if not os.path.exists(p)]
             if missing:
                 raise DataError(f"prepared file {missing[0]} is missing; prepare the data again")
-            self._source = ArrayRecordDataSource(self.paths)
+            # Chunk offsets stay on disk (not a list in memory per file): memory stays flat
+            # however many examples a split holds.
+            self._source = ArrayRecordDataSource(
+                self.paths, reader_options={"index_storage_option": "offloaded",
+                                            "footer_prefetch_bytes": "0"})
         records = self._source.__getitems__([int(i) for i in indices])
         width = record_width(self.predictor_len, self.seq_len)
         blob = b"".join(records)

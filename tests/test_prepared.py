@@ -116,3 +116,18 @@ def test_a_mismatched_or_missing_preparation_is_refused(prepared_dir, tmp_path):
         pipeline.make_train_batches(replace(DATA, prepared_dir=str(tmp_path)), P)
     with pytest.raises(DataError, match="another fingerprint"):
         prepare(replace(DATA, seq_len=32), P, prepared_dir, log=lambda m: None)
+
+
+def test_inspect_shows_counts_truncation_and_decoded_examples(prepared_dir):
+    from ifp_jax.data.inspect import inspect
+    for data in (DATA, replace(DATA, prepared_dir=prepared_dir)):
+        text = inspect(replace(data, mixture="ifp_fact_king"), P, examples=1)
+        assert "== ifp_fact_king: 10,000 examples, rate 1" in text
+        assert "truncated of a sample of 10,000" not in text and "decoder 0, predictor 0" in text
+        lines = text.splitlines()
+        prompt = next(line for line in lines if "] prompt" in line)
+        assert " of " in prompt and prompt.rstrip().endswith("='")
+        mask = next(line for line in lines if "loss mask" in line).split()[-1]
+        assert len(mask) == 20 and set(mask) == {".", "1"}
+    with pytest.raises(DataError, match="has no task 'ifp_skill_add'"):
+        inspect(replace(DATA, prepared_dir=prepared_dir, mixture="ifp_skill_add"), P)

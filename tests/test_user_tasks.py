@@ -108,3 +108,23 @@ def test_a_task_too_small_to_hold_out_is_refused(tmp_path):
     _write(tmp_path / "tiny.jsonl", ['{"prompt": "a", "response": "b"}'] * 5)
     with pytest.raises(DataError, match="ifp_user_tiny' has 5 examples; it needs at least 20"):
         tasks.register_all(DataConfig(mixture="ifp_user", jsonl_path=str(tmp_path)))
+
+
+def test_a_user_mixture_prepares_and_streams_the_same_batches(task_dir, tmp_path):
+    """Prepared on disk, a user's tasks keep their rates, held-out splits and batches."""
+    import numpy as np
+    from ifp_jax.config import replace
+    from ifp_jax.data import pipeline
+    from ifp_jax.data.prepare import prepare
+    cfg = DataConfig(mixture="ifp_user", jsonl_path=task_dir, seq_len=24,
+                     global_batch_size=16, predictor_instruction_rate=0.5)
+    manifest = prepare(cfg, 16, str(tmp_path / "prepared"), log=lambda m: None)
+    assert {t: {s: e["examples"] for s, e in splits.items()}
+            for t, splits in manifest["tasks"].items()} == {
+        f"ifp_user_{t}": {"train": 38, "validation": 2} for t in TASKS}
+    memory = pipeline.make_train_batches(cfg, 16)
+    disk = pipeline.make_train_batches(replace(cfg, prepared_dir=str(tmp_path / "prepared")), 16)
+    for step in range(3):
+        a, b = memory.batch_at(step), disk.batch_at(step)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)

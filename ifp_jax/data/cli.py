@@ -6,15 +6,8 @@ import argparse
 
 
 def _cmd_prepare(args) -> None:
-    from ifp_jax.cli import _resolve
-    from ifp_jax.config import ExperimentConfig, apply_overrides
     from ifp_jax.data.prepare import prepare
-    experiment, overrides = args.experiment, list(args.overrides)
-    if experiment is not None and "=" in experiment:  # no experiment named: an override
-        experiment, overrides = None, [experiment] + overrides
-    overrides += [f"data.mixture={args.mixture}"] if args.mixture else []
-    cfg = (_resolve(experiment, overrides) if experiment
-           else apply_overrides(ExperimentConfig(), overrides))
+    cfg = _resolve_data_args(args)
     manifest = prepare(cfg.data, cfg.predictor.max_prompt_len, args.out, args.process_index,
                        args.process_count, args.examples_per_file)
     if manifest is None:
@@ -27,6 +20,25 @@ def _cmd_prepare(args) -> None:
         print(f"[ifp] {task}: " + ", ".join(f"{n:,} {s}" for s, n in splits.items()))
     print(f"[ifp] prepared {args.out}; train with data.prepared_dir={args.out} "
           f"(and data.num_workers=N to assemble batches in N processes)")
+
+
+def _resolve_data_args(args):
+    from ifp_jax.cli import _resolve
+    from ifp_jax.config import ExperimentConfig, apply_overrides
+    experiment, overrides = args.experiment, list(args.overrides)
+    if experiment is not None and "=" in experiment:  # no experiment named: an override
+        experiment, overrides = None, [experiment] + overrides
+    overrides += [f"data.mixture={args.mixture}"] if args.mixture else []
+    return (_resolve(experiment, overrides) if experiment
+            else apply_overrides(ExperimentConfig(), overrides))
+
+
+def _cmd_inspect(args) -> None:
+    from ifp_jax.config import replace
+    from ifp_jax.data.inspect import inspect
+    cfg = _resolve_data_args(args)
+    data = replace(cfg.data, prepared_dir=args.prepared) if args.prepared else cfg.data
+    print(inspect(data, cfg.predictor.max_prompt_len, args.split, args.examples))
 
 
 def _cmd_bench_data(args) -> None:
@@ -81,4 +93,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--examples-per-file", type=int, default=100_000)
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.set_defaults(fn=_cmd_prepare)
+
+    i = sub.add_parser(
+        "inspect", help="per task: counts, token statistics, truncation, decoded examples",
+        description="What training sees for an experiment's mixture (from memory, or from "
+                    "--prepared DIR): per task the example count, tokens per example, loss "
+                    "tokens, truncation counts, and examples decoded as text with the "
+                    "predictor's view and the loss mask.")
+    i.add_argument("experiment", nargs="?", default=None)
+    i.add_argument("--prepared", default=None, help="a prepared directory to read instead")
+    i.add_argument("--mixture", default=None, help="shortcut for data.mixture=NAME")
+    i.add_argument("--split", default="train")
+    i.add_argument("--examples", type=int, default=2, help="decoded examples per task")
+    i.add_argument("overrides", nargs="*", metavar="section.key=value")
+    i.set_defaults(fn=_cmd_inspect)
     return d

@@ -82,20 +82,24 @@ def load_manifest(directory: str) -> dict:
 
 
 def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
-    """One-line DataError naming the first preprocessing choice that differs."""
+    """One-line DataError naming the first preprocessing choice that differs. The directory may
+    hold more tasks than the config's mixture (e.g. a sub-mixture of what was prepared); each
+    task the mixture needs must be there, prepared with its current settings."""
     stored = manifest["fingerprint"]
+    fix = "prepare it again for this config (`ifp data prepare`) or use the config it was made for"
     for key in sorted(set(stored) | set(expected)):
+        if key in ("tasks", "mixture"):
+            continue
         if stored.get(key) != expected.get(key):
-            mine, theirs = expected.get(key), stored.get(key)
-            if isinstance(mine, dict) and isinstance(theirs, dict):
-                names = sorted(n for n in set(mine) | set(theirs)
-                               if mine.get(n) != theirs.get(n))
-                raise DataError(f"data.prepared_dir={directory} was prepared with other "
-                                f"{key} for {', '.join(names[:3])}; prepare it again for this "
-                                f"config (`ifp data prepare`) or use the config it was made for")
-            raise DataError(f"data.prepared_dir={directory} was prepared with {key}={theirs!r}, "
-                            f"this config has {mine!r}; prepare it again for this config "
-                            f"(`ifp data prepare`) or use the config it was made for")
+            raise DataError(f"data.prepared_dir={directory} was prepared with {key}="
+                            f"{stored.get(key)!r}, this config has {expected.get(key)!r}; {fix}")
+    for task, settings in expected["tasks"].items():
+        if task not in stored["tasks"]:
+            raise DataError(f"data.prepared_dir={directory} has no task '{task}' (it holds "
+                            f"mixture {stored.get('mixture')!r}); prepare a mixture with it")
+        if stored["tasks"][task] != settings:
+            raise DataError(f"data.prepared_dir={directory} was prepared with other settings or "
+                            f"source files for task '{task}'; {fix}")
 
 
 class PreparedSplit:

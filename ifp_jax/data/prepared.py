@@ -132,11 +132,10 @@ class PreparedSplit:
             missing = [p for p in self.paths if not os.path.exists(p)]
             if missing:
                 raise DataError(f"prepared file {missing[0]} is missing; prepare the data again")
-            # Chunk offsets stay on disk (not a list in memory per file): memory stays flat
-            # however many examples a split holds.
-            self._source = ArrayRecordDataSource(
-                self.paths, reader_options={"index_storage_option": "offloaded",
-                                            "footer_prefetch_bytes": "0"})
+            # The readers keep each file's chunk offsets in memory (8 bytes per example, about
+            # 0.5% of the example itself): keeping them on disk instead
+            # (index_storage_option:offloaded) made each random read 200x slower here.
+            self._source = ArrayRecordDataSource(self.paths)
         records = self._source.__getitems__([int(i) for i in indices])
         width = record_width(self.predictor_len, self.seq_len)
         blob = b"".join(records)

@@ -40,7 +40,7 @@ def resolve_files(spec: str) -> list[str]:
             matches = glob.glob(item)
             if not matches and not glob.has_magic(item):
                 raise DataError(f"data.text_files: {item} does not exist")
-        files.update(os.path.abspath(m) for m in matches
+        files.update(os.path.realpath(m) for m in matches
                      if os.path.isfile(m) and m.endswith(SUFFIXES))
     if not files:
         raise DataError(f"data.text_files={spec!r} names no {'/'.join(SUFFIXES)} files")

@@ -117,6 +117,9 @@ class DataConfig:
     # "text" field, .parquet with a "text" column); registers the task 'ifp_text'.
     text_files: str = ""
     skip_bad_lines: bool = False  # a non-UTF-8 / malformed line: error (False) or skip, counted
+    # A prepared file whose size differs from its manifest's (truncated, missing): stop with its
+    # name, or skip it (its examples are not drawn; counted and named at start-up).
+    bad_files: Literal["stop", "skip"] = "stop"
     num_workers: int = 0  # grain processes assembling batches ahead of the step (0 = inline)
     prefetch: int = 2  # batches each worker keeps ready
 

@@ -131,3 +131,28 @@ def test_inspect_shows_counts_truncation_and_decoded_examples(prepared_dir):
         assert len(mask) == 20 and set(mask) == {".", "1"}
     with pytest.raises(DataError, match="has no task 'ifp_skill_add'"):
         inspect(replace(DATA, prepared_dir=prepared_dir, mixture="ifp_skill_add"), P)
+
+
+def test_a_damaged_file_stops_with_its_name_or_is_skipped(tmp_path):
+    data = replace(DATA, mixture="ifp_fact_tool")
+    out = str(tmp_path / "damaged")
+    manifest = prepare(data, P, out, examples_per_file=3000, log=lambda m: None)
+    path = os.path.join(out, "ifp_fact_tool", "train", "part000of001-00001.array_record")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(DataError, match=r"part000of001-00001.array_record has \d+ bytes.*"
+                                        r"data.bad_files=skip"):
+        pipeline.make_train_batches(replace(data, prepared_dir=out), P)
+    split = prepared.PreparedSplit(out, "ifp_fact_tool", "train", P, 20, manifest, "skip")
+    assert len(split) == 7000 and "00001" in split.skipped_files[0]
+    batches = pipeline.make_train_batches(replace(data, prepared_dir=out, bad_files="skip"), P)
+    assert batches.batch_at(0)["decoder_target_tokens"].shape == (32, 20)
+    # Same size, damaged inside: the reader's checksums catch it when read.
+    other = os.path.join(out, "ifp_fact_tool", "train", "part000of001-00000.array_record")
+    blob = bytearray(open(other, "rb").read())
+    for i in range(len(blob) // 3, len(blob) // 3 + 64):
+        blob[i] ^= 0xFF
+    open(other, "wb").write(bytes(blob))
+    damaged = prepared.PreparedSplit(out, "ifp_fact_tool", "train", P, 20, manifest, "skip")
+    with pytest.raises(DataError, match="damaged"):
+        damaged.read(np.arange(3000))

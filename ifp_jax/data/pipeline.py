@@ -240,8 +240,14 @@ def _train_splits(task_names: list[str], rates: dict, data_cfg: DataConfig,
         if rates[name] <= 0:
             out.append(None)
         elif data_cfg.prepared_dir:
-            out.append(prepared.PreparedSplit(data_cfg.prepared_dir, name, "train",
-                                              predictor_max_len, data_cfg.seq_len, manifest))
+            split = prepared.PreparedSplit(data_cfg.prepared_dir, name, "train",
+                                           predictor_max_len, data_cfg.seq_len, manifest,
+                                           data_cfg.bad_files)
+            if split.skipped_files:
+                print(f"[ifp] warning: {name}: skipped {len(split.skipped_files)} damaged "
+                      f"prepared file(s) (data.bad_files=skip): "
+                      f"{'; '.join(split.skipped_files)}")
+            out.append(split)
         else:
             out.append(prepared.InMemorySplit(_contract_arrays(name, "train", predictor_max_len,
                                                                data_cfg.seq_len)))

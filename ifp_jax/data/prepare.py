@@ -90,7 +90,8 @@ def _prepare_part(out: str, task: str, split: str, index: int, count: int,
     if pending is not None and len(pending):
         files.append(_flush(out, directory, part, len(files), pending))
         counts.append(len(pending))
-    record = {"files": files, "examples": counts}
+    record = {"files": files, "examples": counts,
+              "bytes": [os.path.getsize(os.path.join(out, f)) for f in files]}
     tmp = marker + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
@@ -150,7 +151,7 @@ def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) ->
     entries: dict = {}
     for name, task_splits in splits.items():
         for split in task_splits:
-            files, examples = [], 0
+            files, examples, sizes, per_file = [], 0, [], []
             for index in range(count):
                 marker = os.path.join(out, name, split, _part_name(index, count) + ".json")
                 if not os.path.exists(marker):
@@ -159,7 +160,10 @@ def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) ->
                     record = json.load(f)
                 files += record["files"]
                 examples += sum(record["examples"])
-            entries.setdefault(name, {})[split] = {"examples": examples, "files": files}
+                per_file += record["examples"]
+                sizes += record["bytes"]
+            entries.setdefault(name, {})[split] = {"examples": examples, "files": files,
+                                                   "file_examples": per_file, "bytes": sizes}
     manifest = {"format": prepared.FORMAT, "fingerprint": fp, "tasks": entries}
     path = os.path.join(out, prepared.MANIFEST)
     tmp = f"{path}.{os.getpid()}.tmp"

@@ -105,17 +105,36 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
 class PreparedSplit:
     """One task's split on disk: `len()` examples, `read(indices)` -> contract arrays.
 
-    The ArrayRecord readers open on first use, so the object pickles into grain workers.
+    Every file's size is checked against the manifest when the split opens: a truncated or
+    missing file stops with its name, or with bad_files='skip' is left out (its examples are
+    not drawn; `skipped_files` names it). Records damaged inside a file of the right size fail
+    the reader's own checksums when read, reported with the split's files. The ArrayRecord
+    readers open on first use, so the object pickles into grain workers.
     """
 
     def __init__(self, directory: str, task: str, split: str, predictor_len: int, seq_len: int,
-                 manifest: dict):
+                 manifest: dict, bad_files: str = "stop"):
         entry = manifest["tasks"].get(task, {}).get(split)
         if entry is None:
             raise DataError(f"data.prepared_dir={directory} has no '{split}' split of task "
                             f"'{task}'; prepare the mixture that contains it")
-        self.paths = [os.path.join(directory, f) for f in entry["files"]]
-        self.examples = int(entry["examples"])
+        self.paths, self.examples, self.skipped_files = [], 0, []
+        for name, count, size in zip(entry["files"], entry["file_examples"], entry["bytes"]):
+            path = os.path.join(directory, name)
+            actual = os.path.getsize(path) if os.path.exists(path) else None
+            if actual == size:
+                self.paths.append(path)
+                self.examples += count
+                continue
+            problem = "is missing" if actual is None else f"has {actual} bytes, not {size}"
+            if bad_files == "stop":
+                raise DataError(f"prepared file {path} {problem} (truncated or changed); "
+                                f"prepare the data again, or set data.bad_files=skip to train "
+                                f"without it")
+            self.skipped_files.append(f"{path} ({problem})")
+        if not self.paths:
+            raise DataError(f"every prepared file of '{task}' {split} is damaged or missing; "
+                            f"prepare the data again")
         self.predictor_len, self.seq_len = predictor_len, seq_len
         self._source = None
 
@@ -136,7 +155,12 @@ class PreparedSplit:
             # 0.5% of the example itself): keeping them on disk instead
             # (index_storage_option:offloaded) made each random read 200x slower here.
             self._source = ArrayRecordDataSource(self.paths)
-        records = self._source.__getitems__([int(i) for i in indices])
+        try:
+            records = self._source.__getitems__([int(i) for i in indices])
+        except Exception as e:  # riegeli reports corruption as various errors
+            raise DataError(f"reading prepared data under {os.path.dirname(self.paths[0])} "
+                            f"failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            f"the files are damaged: prepare the data again") from e
         width = record_width(self.predictor_len, self.seq_len)
         blob = b"".join(records)
         if len(blob) != 4 * width * len(records):

@@ -9,6 +9,8 @@ Per seed (train.seed = data.seed = s), in DIR/seed<s>/<arm>/<stage>:
   ifp_instruction  the same stages, but the predictor reads each task's bare instruction text
                instead of the prompt (data.predictor_instruction_rate=1); evaluated per task
   static       the same stages with a learned input-independent mask (same SoftTopK, same k)
+  static_distill  (with --distill-static) static plus top-k KL distillation from the source:
+               the paper's prune+distill baseline
   dense_small  a dense model with d_ffn = k trained from scratch on the source's data and budget,
                then on the IFP stages' data: the source's steps + the IFP stages' steps
 and training-free GRIFFIN selection (top-k units by the LLM's own activations on the prompt) on

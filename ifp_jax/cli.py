@@ -101,7 +101,7 @@ def _cmd_compare(args) -> None:
     if "=" in comparison:  # no comparison named: the first word is an override
         comparison, overrides = DEFAULT_COMPARISON, [comparison] + overrides
     run_compare(args.workdir, comparison, args.seeds, overrides,
-                distill_static=args.distill_static)
+                distill_static=args.distill_static, jobs=args.jobs, only_seed=args.only_seed)
 
 
 def _cmd_list(args) -> None:
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tiny_facts (default: embedded fact tables) or tiny_multiskill")
     cm.add_argument("--workdir", required=True)
     cm.add_argument("--seeds", type=int, default=2)
+    cm.add_argument("--jobs", type=int, default=1,
+                    help="seeds trained side by side in this many processes (default 1)")
+    cm.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)
     cm.add_argument("--distill-static", action="store_true",
                     help="also train the static arm with top-k KL distillation from the source "
                          "(the paper's prune+distill baseline)")

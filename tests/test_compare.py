@@ -119,3 +119,13 @@ def test_compare_trains_every_arm_then_reruns_nothing(tmp_path):
     again = compare.run_compare(str(tmp_path), "tiny_multiskill", seeds=1,
                                 overrides=overrides, log=lambda m: None, distill_static=True)
     assert again == report and time.time() - t0 < 60
+
+
+def test_seeds_in_processes_report_a_failed_seed_with_its_log(tmp_path):
+    """--jobs runs each seed as `ifp compare --only-seed S`; a seed that fails (here: an
+    unknown comparison, refused at once) stops the run with one line naming its log."""
+    with pytest.raises(ConfigError, match=r"seed \d failed \(exit 2\); see .*seed\d.log"):
+        compare._seeds_in_processes(str(tmp_path), "nope", 2, [], False, 2, lambda m: None)
+    assert "unknown comparison" in (tmp_path / "seed0.log").read_text()
+    with pytest.raises(ConfigError, match="--jobs"):
+        compare.run_compare(str(tmp_path), jobs=0)

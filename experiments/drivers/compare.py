@@ -199,38 +199,85 @@ def active_ffn_params(cfg: ExperimentConfig, units: int) -> int:
 
 
 def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int = 2,
-                overrides: list[str] | None = None, log=print, distill_static: bool = False
-                ) -> dict:
+                overrides: list[str] | None = None, log=print, distill_static: bool = False,
+                jobs: int = 1, only_seed: int | None = None) -> dict | None:
+    """Trains and evaluates every arm for seeds 0..seeds-1, then writes the report. With
+    `jobs` > 1 the seeds run in that many `ifp compare --only-seed S` processes at once (on a
+    CPU whose cores a tiny model cannot keep busy, two seeds side by side finish sooner than
+    one after the other); `only_seed` runs that seed alone and writes no report."""
     overrides = list(overrides or [])
     arms = [a for a in ARMS if a not in OPTIONAL_ARMS or distill_static]
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and only_seed is None and seeds > 1:
+        _seeds_in_processes(workdir, comparison, seeds, overrides, distill_static, jobs, log)
     runs: dict[int, dict] = {}
-    for seed in range(seeds):
-        base = os.path.join(workdir, f"seed{seed}")
-        stages: dict[str, dict] = {}
-        for arm in arms:
-            dirs = {"shared_source": os.path.join(base, "source", "source")}
-            stages[arm], chain = {}, arm_stages(comparison, arm)
-            for stage in chain:
-                dirs[stage.name] = os.path.join(base, arm, stage.name)
-                cfg = stage_config(comparison, stage, seed, overrides, dirs)
-                log(f"=== seed {seed} {arm}/{stage.name} ({cfg.name}, mode {stage.mode}"
-                    f"{', d_ffn ' + str(cfg.model.d_ffn) if stage.small else ''}) ===")
-                stages[arm][stage.name] = _train_stage(cfg, dirs[stage.name])
-            stages[arm]["final"] = dirs[chain[-1].name]
-        evals = {}
-        for label, arm, mask, eval_mask in EVALS:
-            if arm not in arms:
-                continue
-            log(f"=== seed {seed} eval {label} ===")
-            evals[label] = _evaluate(stages[arm]["final"], mask, eval_mask)
-        runs[seed] = {"stages": stages, "evals": evals}
+    for seed in range(seeds) if only_seed is None else [only_seed]:
+        runs[seed] = _run_seed(workdir, comparison, seed, overrides, arms, log)
+    if only_seed is not None:
+        return None
     source_cfg = stage_config(comparison, ARMS["source"][0], 0, overrides, {})
     report = summarize(runs, source_cfg)
     write_report(workdir, report)
     log(format_markdown(report))
     return report
+
+
+def _run_seed(workdir: str, comparison: str, seed: int, overrides: list[str], arms: list[str],
+              log) -> dict:
+    """One seed: every arm's stages trained (or reused), then every evaluation."""
+    base = os.path.join(workdir, f"seed{seed}")
+    stages: dict[str, dict] = {}
+    for arm in arms:
+        dirs = {"shared_source": os.path.join(base, "source", "source")}
+        stages[arm], chain = {}, arm_stages(comparison, arm)
+        for stage in chain:
+            dirs[stage.name] = os.path.join(base, arm, stage.name)
+            cfg = stage_config(comparison, stage, seed, overrides, dirs)
+            log(f"=== seed {seed} {arm}/{stage.name} ({cfg.name}, mode {stage.mode}"
+                f"{', d_ffn ' + str(cfg.model.d_ffn) if stage.small else ''}) ===")
+            stages[arm][stage.name] = _train_stage(cfg, dirs[stage.name])
+        stages[arm]["final"] = dirs[chain[-1].name]
+    evals = {}
+    for label, arm, mask, eval_mask in EVALS:
+        if arm not in arms:
+            continue
+        log(f"=== seed {seed} eval {label} ===")
+        evals[label] = _evaluate(stages[arm]["final"], mask, eval_mask)
+    return {"stages": stages, "evals": evals}
+
+
+def _seeds_in_processes(workdir: str, comparison: str, seeds: int, overrides: list[str],
+                        distill_static: bool, jobs: int, log) -> None:
+    """Each seed in its own `ifp compare --only-seed S` process, `jobs` at a time; their output
+    goes to DIR/seed<S>.log."""
+    import subprocess
+    import sys
+    os.makedirs(workdir, exist_ok=True)
+    pending, running = list(range(seeds)), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            seed = pending.pop(0)
+            cmd = [sys.executable, "-m", "ifp_jax.cli", "compare", comparison, "--workdir",
+                   workdir, "--seeds", str(seeds), "--only-seed", str(seed), *overrides]
+            cmd += ["--distill-static"] if distill_static else []
+            out = open(os.path.join(workdir, f"seed{seed}.log"), "a")
+            log(f"=== seed {seed}: a process of its own, log {out.name} ===")
+            running.append((seed, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT),
+                            out))
+        time.sleep(1.0)
+        for item in list(running):
+            seed, proc, out = item
+            if proc.poll() is not None:
+                out.close()
+                running.remove(item)
+                if proc.returncode:
+                    for _, other, _ in running:
+                        other.terminate()
+                    raise ConfigError(f"seed {seed} failed (exit {proc.returncode}); see "
+                                      f"{out.name}; rerunning resumes")
 
 
 def _mean_sd(values: list[float]) -> dict:

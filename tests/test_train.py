@@ -141,27 +141,30 @@ class _Interrupt(Exception):
     pass
 
 
+def _interrupting(make_batches, after: int):
+    """make_train_batches whose iterator raises _Interrupt after `after` batches."""
+    def make(*args, **kwargs):
+        batches = make_batches(*args, **kwargs)
+        inner_next, count = batches.__next__, [0]
+
+        class Wrapped(type(batches)):
+            def __next__(self):
+                count[0] += 1
+                if count[0] > after:
+                    raise _Interrupt()
+                return inner_next()
+        batches.__class__ = Wrapped
+        return batches
+    return make
+
+
 def test_interrupted_run_resumes_to_identical_state(uninterrupted, tmp_path, monkeypatch):
     """Stops the loop after 13 batches (last checkpoint: step 10); rerunning the same config
     resumes from step 10 and ends bit-identical to the uninterrupted run."""
     cfg, _, final = uninterrupted
     workdir = str(tmp_path / "interrupted")
     real = pipeline.make_train_batches
-
-    def failing(*args, **kwargs):
-        batches = real(*args, **kwargs)
-        inner_next, count = batches.__next__, [0]
-
-        class Wrapped(type(batches)):
-            def __next__(self):
-                count[0] += 1
-                if count[0] > 13:
-                    raise _Interrupt()
-                return inner_next()
-        batches.__class__ = Wrapped
-        return batches
-
-    monkeypatch.setattr(pipeline, "make_train_batches", failing)
+    monkeypatch.setattr(pipeline, "make_train_batches", _interrupting(real, after=13))
     with pytest.raises(_Interrupt):
         train(cfg, workdir)
     monkeypatch.setattr(pipeline, "make_train_batches", real)
@@ -171,6 +174,26 @@ def test_interrupted_run_resumes_to_identical_state(uninterrupted, tmp_path, mon
     losses = _losses(workdir)
     # Steps 5, 10 (first run), then 15, 20 after resuming; same values as uninterrupted.
     np.testing.assert_allclose(losses[-2:], _losses(uninterrupted[1])[-2:], rtol=1e-5)
+
+
+def test_prepared_data_with_workers_trains_and_resumes_like_the_in_memory_run(
+        uninterrupted, tmp_path, monkeypatch):
+    """The same run on `ifp data prepare`d data with a grain worker process, interrupted after
+    13 batches and rerun: it ends where the in-memory, uninterrupted run ended."""
+    from ifp_jax.data.prepare import prepare
+    cfg, _, final = uninterrupted
+    prepare(cfg.data, cfg.predictor.max_prompt_len, str(tmp_path / "prepared"),
+            log=lambda m: None)
+    cfg = replace(cfg, data=replace(cfg.data, prepared_dir=str(tmp_path / "prepared"),
+                                    num_workers=1))
+    workdir = str(tmp_path / "run")
+    real = pipeline.make_train_batches
+    monkeypatch.setattr(pipeline, "make_train_batches", _interrupting(real, after=13))
+    with pytest.raises(_Interrupt):
+        train(cfg, workdir)
+    monkeypatch.setattr(pipeline, "make_train_batches", real)
+    state = jax.device_get(train(cfg, workdir))
+    _params_equal(state.params, final.params, atol=1e-6)
 
 
 def test_workdir_of_another_experiment_is_refused(uninterrupted):

@@ -47,6 +47,14 @@ def _resolve(experiment: str, overrides: list[str], hardware: str | None = None)
     return cfg
 
 
+def optional_name(name: str | None, overrides: list[str], default: str | None = None):
+    """(name, overrides) of a command whose first positional (an experiment or comparison) is
+    optional: with only overrides given, argparse puts the first of them in the name's slot."""
+    if name is not None and "=" in name:
+        return default, [name] + list(overrides)
+    return (default if name is None else name), list(overrides)
+
+
 def _this_hardware(flag: str | None) -> str | None:
     if flag:
         return flag
@@ -97,9 +105,7 @@ def _cmd_demo(args) -> None:
 
 def _cmd_compare(args) -> None:
     from experiments.drivers.compare import DEFAULT_COMPARISON, run_compare
-    comparison, overrides = args.comparison or DEFAULT_COMPARISON, list(args.overrides)
-    if "=" in comparison:  # no comparison named: the first word is an override
-        comparison, overrides = DEFAULT_COMPARISON, [comparison] + overrides
+    comparison, overrides = optional_name(args.comparison, args.overrides, DEFAULT_COMPARISON)
     run_compare(args.workdir, comparison, args.seeds, overrides,
                 distill_static=args.distill_static, jobs=args.jobs, only_seed=args.only_seed)
 

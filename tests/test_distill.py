@@ -5,6 +5,7 @@ distilled static run end to end."""
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,9 +99,8 @@ def test_teacher_arrays_are_the_top_k_of_its_own_logits(teacher_run):
     # The step's loss is CE + weight * mean KL over loss tokens.
     batch = {k: jnp.asarray(host[k]) for k in STEP_KEYS}
     student_model = build_model(student)
-    sp = student_model.init(jax.random.key(0), batch, mode="soft", temperature=1.0)["params"]
-    sp = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), sp,
-                                is_leaf=lambda x: hasattr(x, "value"))
+    sp = nn.meta.unbox(student_model.init(jax.random.key(0), batch, mode="soft",
+                                          temperature=1.0)["params"])
     total = jnp.maximum(batch["decoder_loss_weights"].sum(), 1.0)
     plain, _ = _microbatch_loss(sp, student_model, student, batch, 1.0, total, 1)
     distilled = replace(student, distill=replace(student.distill, weight=0.5))

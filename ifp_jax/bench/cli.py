@@ -16,9 +16,8 @@ import json
 
 def _cmd_bench_train(args) -> None:
     from ifp_jax.bench.train_bench import format_report, resolve_config, run_train_bench
-    experiment, overrides = args.experiment, list(args.overrides)
-    if experiment is not None and "=" in experiment:  # only overrides were given
-        experiment, overrides = None, [experiment] + overrides
+    from ifp_jax.cli import optional_name
+    experiment, overrides = optional_name(args.experiment, args.overrides)
     cfg = resolve_config(experiment, overrides)
     result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, peer=args.peer,
                              matmul_n=args.matmul_n,

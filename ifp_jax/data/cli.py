@@ -23,11 +23,9 @@ def _cmd_prepare(args) -> None:
 
 
 def _resolve_data_args(args):
-    from ifp_jax.cli import _resolve
+    from ifp_jax.cli import _resolve, optional_name
     from ifp_jax.config import ExperimentConfig, apply_overrides
-    experiment, overrides = args.experiment, list(args.overrides)
-    if experiment is not None and "=" in experiment:  # no experiment named: an override
-        experiment, overrides = None, [experiment] + overrides
+    experiment, overrides = optional_name(args.experiment, args.overrides)
     overrides += [f"data.mixture={args.mixture}"] if args.mixture else []
     return (_resolve(experiment, overrides) if experiment
             else apply_overrides(ExperimentConfig(), overrides))

@@ -116,6 +116,11 @@ class DataConfig:
     # CPT over local text: files, directories or globs, comma-separated (.txt, .jsonl with a
     # "text" field, .parquet with a "text" column); registers the task 'ifp_text'.
     text_files: str = ""
+    # CPT over local TFDS / Hugging Face datasets, comma-separated KIND:NAME[#SPLIT], e.g.
+    # "tfds:my_corpus:1.0.0,hf:/data/web_text#train" (text_datasets.py); also task 'ifp_text'.
+    text_datasets: str = ""
+    tfds_data_dir: str = ""  # where tfds: sources are prepared ("" = TFDS's default)
+    text_field: str = "text"  # the text field of .jsonl / .parquet files and of datasets
     skip_bad_lines: bool = False  # a non-UTF-8 / malformed line: error (False) or skip, counted
     # A prepared file whose size differs from its manifest's (truncated, missing): stop with its
     # name, or skip it (its examples are not drawn; counted and named at start-up).

@@ -25,7 +25,7 @@ import sysconfig
 from typing import Callable, Iterable, Optional, Sequence
 
 from ifp_jax.config import DataConfig
-from ifp_jax.data import facts, skills, text_files
+from ifp_jax.data import facts, skills, text_datasets, text_files
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
@@ -34,7 +34,7 @@ from ifp_jax.data.vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
 CPT_STDLIB = "ifp_cpt_stdlib"
-TEXT_FILES_TASK = "ifp_text"  # CPT over data.text_files (text_files.py); also a mixture name
+TEXT_FILES_TASK = "ifp_text"  # CPT over data.text_files + data.text_datasets; also a mixture name
 JSONL_TASK = "ifp_jsonl"
 MIXTURES = ("ifp_multiskill", "ifp_cpt", "ifp_multiskill_cpt", "ifp_facts")
 
@@ -270,8 +270,9 @@ def register_cpt_task(name: str, text_fn: Callable[[str], Iterable[str]], data_c
               metric_fns=[])
 
 
-def _text_file_documents(files: tuple[str, ...], skip_bad: bool, split: str):
-    return text_files.documents(list(files), split, skip_bad)
+def _text_documents(files: tuple[str, ...], sources: tuple, data_cfg: DataConfig, split: str):
+    return text_files.documents(list(files), split, data_cfg.skip_bad_lines, data_cfg.text_field,
+                                sources, data_cfg.tfds_data_dir)
 
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -319,13 +320,16 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     register_cpt_task(CPT_STDLIB, stdlib_texts, data_cfg,
                       source_id=f"stdlib:{sysconfig.get_paths()['stdlib']}:"
                                 f"{json.dumps(CPT_STDLIB_MAX_BYTES)}")
-    if data_cfg.text_files:
-        files = text_files.resolve_files(data_cfg.text_files)
-        register_cpt_task(
-            TEXT_FILES_TASK, functools.partial(_text_file_documents, tuple(files),
-                                               data_cfg.skip_bad_lines), data_cfg,
-            source_id=json.dumps([[f, os.stat(f).st_mtime_ns, os.stat(f).st_size]
-                                  for f in files] + [data_cfg.skip_bad_lines]), streaming=True)
+    if data_cfg.text_files or data_cfg.text_datasets:
+        files = text_files.resolve_files(data_cfg.text_files) if data_cfg.text_files else []
+        sources = tuple(text_datasets.parse_sources(data_cfg.text_datasets))
+        source_id = json.dumps(
+            [[f, os.stat(f).st_mtime_ns, os.stat(f).st_size] for f in files]
+            + [text_datasets.identity(s, data_cfg.tfds_data_dir) for s in sources]
+            + [data_cfg.skip_bad_lines, data_cfg.text_field])
+        register_cpt_task(TEXT_FILES_TASK, functools.partial(
+            _text_documents, tuple(files), sources, data_cfg), data_cfg, source_id=source_id,
+            streaming=True)
     if data_cfg.jsonl_path and is_multitask(data_cfg.jsonl_path):
         _add_mixture(USER_MIXTURE, register_user_tasks(data_cfg.jsonl_path, data_cfg))
     elif data_cfg.jsonl_path:

@@ -4,9 +4,10 @@
 sorted path order:
   *.txt      documents separated by blank lines (a file without blank lines is one document;
              documents are cut at MAX_DOC_CHARS so a single huge line never fills memory)
-  *.jsonl    one document per line, its "text" field
-  *.parquet  one document per row of its "text" column (pyarrow, read one row group at a time)
-Document i (0-based, over all files) is held out for 'validation' iff i % 20 == 19.
+  *.jsonl    one document per line, its data.text_field ("text") field
+  *.parquet  one document per row of its data.text_field column (pyarrow, one row group at a time)
+Local TFDS / Hugging Face datasets (data.text_datasets, text_datasets.py) follow the files.
+Document i (0-based, over all sources) is held out for 'validation' iff i % 20 == 19.
 
 A line that is not UTF-8 (or a JSONL line that is not an object with a string "text") is a
 one-line DataError naming file:line, or, with data.skip_bad_lines=true, skipped and counted
@@ -20,6 +21,7 @@ import json
 import os
 from typing import Iterator
 
+from ifp_jax.data import text_datasets
 from ifp_jax.data.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -58,7 +60,8 @@ def _bad(path: str, line: int, why: str, skip: bool) -> None:
     _SKIPPED["lines"] += 1
 
 
-def _txt_documents(path: str, skip_bad: bool) -> Iterator[str]:
+def _txt_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
+    del field  # a .txt file has no fields
     parts: list[str] = []
     size = 0
     with open(path, "rb") as f:
@@ -82,7 +85,7 @@ def _txt_documents(path: str, skip_bad: bool) -> Iterator[str]:
         yield "".join(parts)
 
 
-def _jsonl_documents(path: str, skip_bad: bool) -> Iterator[str]:
+def _jsonl_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
@@ -92,24 +95,25 @@ def _jsonl_documents(path: str, skip_bad: bool) -> Iterator[str]:
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 _bad(path, number, f"not a UTF-8 JSON line ({type(e).__name__})", skip_bad)
                 continue
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                _bad(path, number, 'expected an object with a string "text" field', skip_bad)
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                _bad(path, number, f'expected an object with a string "{field}" field',
+                     skip_bad)
                 continue
-            yield record["text"]
+            yield record[field]
 
 
-def _parquet_documents(path: str, skip_bad: bool) -> Iterator[str]:
+def _parquet_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
     reader = pq.ParquetFile(path)
-    if "text" not in reader.schema_arrow.names:
-        raise DataError(f"{path} has no 'text' column (columns: "
-                        f"{', '.join(reader.schema_arrow.names)})")
+    if field not in reader.schema_arrow.names:
+        raise DataError(f"{path} has no '{field}' column (columns: "
+                        f"{', '.join(reader.schema_arrow.names)}); set data.text_field")
     for group in range(reader.num_row_groups):
-        for text in reader.read_row_group(group, columns=["text"]).column("text").to_pylist():
+        for text in reader.read_row_group(group, columns=[field]).column(field).to_pylist():
             if isinstance(text, str):
                 yield text
             else:
-                _bad(path, group, "a null or non-string 'text' value in this row group",
+                _bad(path, group, f"a null or non-string '{field}' value in this row group",
                      skip_bad)
 
 
@@ -117,12 +121,32 @@ _READERS = {".txt": _txt_documents, ".jsonl": _jsonl_documents,
             ".parquet": _parquet_documents}
 
 
-def documents(files: list[str], split: str, skip_bad: bool = False) -> Iterator[str]:
-    """The documents of `split` ('train' or 'validation') of `files`, streamed."""
+def _dataset_documents(source: text_datasets.DatasetSource, data_dir: str, field: str,
+                       skip_bad: bool) -> Iterator[str]:
+    for number, value in enumerate(text_datasets.raw_texts(source, data_dir, field), 1):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                _bad(str(source), number, f"example {number}'s {field!r} is not UTF-8",
+                     skip_bad)
+                continue
+        if not isinstance(value, str):
+            _bad(str(source), number, f"example {number}'s {field!r} is not a string",
+                 skip_bad)
+            continue
+        yield value
+
+
+def documents(files: list[str], split: str, skip_bad: bool = False, field: str = "text",
+              sources: tuple = (), tfds_data_dir: str = "") -> Iterator[str]:
+    """The documents of `split` ('train' or 'validation') of `files` then of the dataset
+    `sources` (text_datasets.DatasetSource), streamed."""
+    streams = [_READERS[os.path.splitext(path)[1]](path, skip_bad, field) for path in files]
+    streams += [_dataset_documents(s, tfds_data_dir, field, skip_bad) for s in sources]
     index = 0
-    for path in files:
-        suffix = os.path.splitext(path)[1]
-        for doc in _READERS[suffix](path, skip_bad):
+    for stream in streams:
+        for doc in stream:
             if (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split == "validation"):
                 yield doc
             index += 1

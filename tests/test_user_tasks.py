@@ -128,3 +128,30 @@ def test_a_user_mixture_prepares_and_streams_the_same_batches(task_dir, tmp_path
         a, b = memory.batch_at(step), disk.batch_at(step)
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def _skill_input(skill, prompt):
+    """The input text of an embedded skill's prompt `f"{wording} {input} ="`."""
+    wording = max((w for w in skill.wordings if prompt.startswith(w + " ")), key=len)
+    return prompt[len(wording) + 1:-len(" =")]
+
+
+def test_example_tasks_write_ten_user_tasks_whose_held_out_inputs_are_unseen(tmp_path):
+    from ifp_jax.data import skills
+    from ifp_jax.data.example_tasks import write_example_tasks
+    out = str(tmp_path / "ten")
+    assert len(write_example_tasks(out, num_tasks=10, examples_per_task=200)) == 10
+    tasks = read_user_tasks(out)
+    assert len(tasks) == 10 and all(len(t.examples) == 200 for t in tasks)
+    assert {t.name[len("ifp_user_"):]: t.instruction for t in tasks} == {
+        name: skills.SKILLS[name].wordings[0] for name in list(skills.SKILLS)[:10]}
+    for task in tasks:
+        skill = skills.SKILLS[task.name[len("ifp_user_"):]]
+        inputs = [_skill_input(skill, e["prompt"]) for e in task.examples]
+        held = set(inputs[19::20])  # the user-task held-out rule
+        trained = {x for i, x in enumerate(inputs) if i % 20 != 19}
+        assert len(held) == 10 and not held & trained, task.name
+        assert {skills.split_of(x) for x in held} == {"validation"}
+        assert [e["response"] for e in task.examples] == [skill.solve(x) for x in inputs]
+    with pytest.raises(DataError, match="choose 1..11"):
+        write_example_tasks(out, num_tasks=12)

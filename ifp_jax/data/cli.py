@@ -39,6 +39,13 @@ def _cmd_inspect(args) -> None:
     print(inspect(data, cfg.predictor.max_prompt_len, args.split, args.examples))
 
 
+def _cmd_example_tasks(args) -> None:
+    from ifp_jax.data.example_tasks import write_example_tasks
+    paths = write_example_tasks(args.out, args.tasks, args.examples, args.seed)
+    print(f"[ifp] wrote {len(paths)} task files and manifest.json to {args.out}; use them with "
+          f"data.mixture=ifp_user data.jsonl_path={args.out}")
+
+
 def _cmd_bench_data(args) -> None:
     import json
     import os
@@ -105,4 +112,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--examples", type=int, default=2, help="decoded examples per task")
     i.add_argument("overrides", nargs="*", metavar="section.key=value")
     i.set_defaults(fn=_cmd_inspect)
+
+    e = sub.add_parser(
+        "example-tasks", help="write embedded skills as a user mixture: one JSONL per task",
+        description="Writes OUT/<skill>.jsonl ({prompt, response} lines; every 20th an input "
+                    "held out from training) and OUT/manifest.json (instruction, rate): the "
+                    "layout of data.jsonl_path, as a template or a mixture to try.")
+    e.add_argument("--out", required=True)
+    e.add_argument("--tasks", type=int, default=10, help="number of skills (default 10)")
+    e.add_argument("--examples", type=int, default=2000, help="lines per task file")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(fn=_cmd_example_tasks)
     return d

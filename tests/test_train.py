@@ -50,6 +50,8 @@ def test_loss_falls_and_metrics_are_written(uninterrupted):
                 "mask/overlap_across_tasks", "mask/units_used_frac", "mask/lambda_kept_mean",
                 "balance_loss"):
         assert key in row, key
+    assert 0 <= row["perf/data_wait_frac"] < 1, row  # the step runs most of the window
+    assert 100 < row["perf/host_rss_mib"] < 24_000, row  # this process's resident set, MiB
     assert any(k.startswith("task_loss/") for k in row)
     assert os.listdir(os.path.join(workdir, "tb"))
     with open(os.path.join(workdir, "eval_results.json")) as f:

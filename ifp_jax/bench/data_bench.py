@@ -15,34 +15,13 @@ import sys
 import time
 
 from ifp_jax.config import DataConfig, replace
+from ifp_jax.host_memory import process_tree_rss_mib
 
 SEQ_LEN, CHUNK, BATCH = 256, 128, 8
 
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def rss_mib(pids: list[int]) -> float:
-    """Resident set size of the given processes, MiB (VmRSS from /proc; Linux)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            continue
-    return total / 1024
-
-
-def _children() -> list[int]:
-    try:
-        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except FileNotFoundError:
-        return []
 
 
 def data_config(corpus: str, prepared_dir: str = "") -> DataConfig:
@@ -57,7 +36,7 @@ def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
     it = make_train_batches(replace(cfg, num_workers=workers, prefetch=4), CHUNK)
     try:
         next(it)  # start-up (workers spawned, readers opened) is not timed
-        rss0 = rss_mib([os.getpid()] + _children())
+        rss0 = process_tree_rss_mib()
         t0 = time.perf_counter()
         tokens = 0
         peak = rss0
@@ -65,7 +44,7 @@ def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
             batch = next(it)
             tokens += int(batch["decoder_loss_weights"].size)
             if i % 50 == 0:
-                peak = max(peak, rss_mib([os.getpid()] + _children()))
+                peak = max(peak, process_tree_rss_mib())
         seconds = time.perf_counter() - t0
     finally:
         it.close()
@@ -114,8 +93,9 @@ def _prepare_in_processes(corpus_dir: str, prepared_dir: str, n: int) -> dict:
            f"data.text_files={corpus_dir}", "data.mixture=ifp_text", f"data.seq_len={SEQ_LEN}",
            f"data.cpt_chunk_len={CHUNK}", "data.cpt_num_chunks=2",
            f"predictor.max_prompt_len={CHUNK}"]
-    procs = [subprocess.Popen(cmd + ["--process-index", str(i), "--process-count", str(n)])
-             for i in range(n)]
+    # Their progress goes to stderr with ours: stdout carries only the report (--json).
+    procs = [subprocess.Popen(cmd + ["--process-index", str(i), "--process-count", str(n)],
+                              stdout=sys.stderr) for i in range(n)]
     if any(p.wait() for p in procs):
         raise RuntimeError("a preparation process failed (see its output above)")
     with open(os.path.join(prepared_dir, MANIFEST)) as f:

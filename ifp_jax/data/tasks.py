@@ -323,10 +323,13 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     if data_cfg.text_files or data_cfg.text_datasets:
         files = text_files.resolve_files(data_cfg.text_files) if data_cfg.text_files else []
         sources = tuple(text_datasets.parse_sources(data_cfg.text_datasets))
+        # Only choices away from their defaults are added, so data prepared before a choice
+        # existed keeps its fingerprint.
         source_id = json.dumps(
             [[f, os.stat(f).st_mtime_ns, os.stat(f).st_size] for f in files]
             + [text_datasets.identity(s, data_cfg.tfds_data_dir) for s in sources]
-            + [data_cfg.skip_bad_lines, data_cfg.text_field])
+            + [data_cfg.skip_bad_lines]
+            + ([data_cfg.text_field] if data_cfg.text_field != "text" else []))
         register_cpt_task(TEXT_FILES_TASK, functools.partial(
             _text_documents, tuple(files), sources, data_cfg), data_cfg, source_id=source_id,
             streaming=True)

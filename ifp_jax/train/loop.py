@@ -125,13 +125,15 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
     preempt = _Preemption()
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     window: dict[str, Any] | None = None
-    window_steps, step = 0, start
+    window_steps, step, data_seconds = 0, start, 0.0
     writer.start_window(start)
     try:
         for hook in all_hooks:
             hook.begin(ctx, step, state)
         while step < cfg.train.steps:
+            fetch_start = time.perf_counter()
             host = next(batches)
+            data_seconds += time.perf_counter() - fetch_start
             batch = {k: jax.make_array_from_process_local_data(batch_specs[k].sharding, host[k])
                      for k in STEP_KEYS}
             if teacher is not None:
@@ -145,9 +147,9 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
             if step % cfg.train.log_every == 0 or last or preempt.requested:
                 metrics = metric.compute(window, {"task_loss": batches.task_names})
                 _check_finite(metrics, step, cfg.train.nan_policy)
-                metrics.update(writer.rate(step, tokens_per_step * window_steps))
+                metrics.update(writer.rate(step, tokens_per_step * window_steps, data_seconds))
                 writer.start_window(step)
-                window, window_steps = None, 0
+                window, window_steps, data_seconds = None, 0, 0.0
             for hook in all_hooks:
                 if hook.every and step % hook.every == 0:
                     hook(ctx, step, state, metrics)

@@ -11,6 +11,8 @@ import time
 
 import jax
 
+from ifp_jax.host_memory import process_tree_rss_mib
+
 
 def _fmt_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -41,12 +43,16 @@ class MetricsWriter:
     def start_window(self, step: int) -> None:
         self._window_start = (time.time(), step)
 
-    def rate(self, step: int, tokens: float) -> dict:
-        """Throughput since the window started: steps/s, tokens/s and the ETA of the run."""
+    def rate(self, step: int, tokens: float, data_seconds: float = 0.0) -> dict:
+        """Throughput since the window started: steps/s, tokens/s, the ETA of the run, the
+        fraction of the window spent waiting for batches, and host memory (this process and
+        its data workers: flat while the corpus streams)."""
         t0, s0 = self._window_start
         dt = max(time.time() - t0, 1e-9)
         steps = step - (s0 if s0 is not None else step)
-        out = {"perf/steps_per_sec": steps / dt, "perf/tokens_per_sec": tokens / dt}
+        out = {"perf/steps_per_sec": steps / dt, "perf/tokens_per_sec": tokens / dt,
+               "perf/data_wait_frac": data_seconds / dt,
+               "perf/host_rss_mib": process_tree_rss_mib()}
         out["perf/eta_sec"] = ((self.total_steps - step) / (steps / dt)) if steps else float("nan")
         return out
 
@@ -67,6 +73,8 @@ class MetricsWriter:
         parts = [f"[{self.label}] step {step}/{self.total_steps}"]
         for key, fmt, name in (("loss", "{:.4f}", "loss"), ("balance_loss", "{:.3f}", "bal"),
                                ("perf/tokens_per_sec", "{:,.0f}", "tok/s"),
+                               ("perf/data_wait_frac", "{:.0%}", "data-wait"),
+                               ("perf/host_rss_mib", "{:,.0f}", "host-MiB"),
                                ("mask/lambda_kept_mean", "{:.2f}", "λkept"),
                                ("mask/overlap_within_task", "{:.2f}", "ovl-in"),
                                ("mask/overlap_across_tasks", "{:.2f}", "ovl-across"),

@@ -40,16 +40,18 @@ _TOKENIZED_CACHE: dict[tuple, dict[str, list[np.ndarray]]] = {}
 
 
 def tokenized_batches(task_name: str, split: str, shard: tuple[int, int] | None = None,
-                      skip: int = 0):
+                      skip: int = 0, limit: int | None = None):
     """Yields a registered task's split tokenized by SeqIO, as {feature: Ragged} per up to 4096
     examples; `shard=(index, count)` keeps SeqIO's shard `index` of `count` (disjoint,
-    covering), `skip` drops that many examples first."""
+    covering), `skip` drops that many examples first, `limit` stops after that many."""
     task = seqio.get_mixture_or_task(task_name)
     info = seqio.ShardInfo(*shard) if shard and shard[1] > 1 else None
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False,
                           num_epochs=1, shard_info=info)
     if skip:
         ds = ds.skip(skip)
+    if limit is not None:
+        ds = ds.take(limit)  # a corpus's split is read only as far as needed
     ds = ds.map(lambda ex: {k: ex[k] for k in _FEATURES})
     # Ragged batches: one numpy conversion per 4096 examples, no per-example op or padding.
     for b in ds.ragged_batch(_TF_BATCH):
@@ -85,12 +87,14 @@ class Ragged(NamedTuple):
         return len(self.splits) - 1
 
 
-def tokenized_examples(task_name: str, split: str) -> dict[str, list[np.ndarray]]:
-    """All examples of a registered task's split, tokenized by SeqIO (cached per process)."""
-    key = (task_name, split, tasks.task_fingerprint(task_name))
+def tokenized_examples(task_name: str, split: str,
+                       limit: int | None = None) -> dict[str, list[np.ndarray]]:
+    """All (or the first `limit`) examples of a registered task's split, tokenized by SeqIO
+    (cached per process)."""
+    key = (task_name, split, tasks.task_fingerprint(task_name), limit)
     if key not in _TOKENIZED_CACHE:
         out = {k: [] for k in _FEATURES}
-        for batch in tokenized_batches(task_name, split):
+        for batch in tokenized_batches(task_name, split, limit=limit):
             for k in _FEATURES:
                 out[k].extend(batch[k].rows())
         if not out["targets"]:
@@ -301,8 +305,7 @@ def make_eval_examples(data_cfg: DataConfig, predictor_max_len: int, task_name: 
     if split not in splits:
         raise ConfigError(f"task '{task_name}' has no split {split!r}; use one of "
                           f"{', '.join(splits)}")
-    examples = tokenized_examples(task_name, split)
-    examples = {k: v[:n] for k, v in examples.items()}
+    examples = tokenized_examples(task_name, split, limit=n)
     out = to_contract(examples, predictor_max_len, data_cfg.seq_len)
     out["task_id"] = np.zeros((len(examples["targets"]),), np.int32)  # one task: id 0
     vocab = get_vocabulary(data_cfg.vocabulary)

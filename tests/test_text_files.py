@@ -1,6 +1,7 @@
 """CPT over local text files (data.text_files): the document rules of each format, the held-out
 rule, bad lines, and preparation of a generated corpus streamed through SeqIO."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -64,6 +65,15 @@ def test_a_generated_corpus_prepares_to_the_in_memory_examples(tmp_path):
         np.testing.assert_array_equal(disk[key], memory[key], err_msg=key)
     # CPT example k: the predictor reads chunk k, the loss is on chunk k + 1 only.
     assert disk["decoder_loss_weights"].sum(1).tolist() == [16.0] * len(split)
+    # Training refuses the directory once a choice or a source file changes, naming which.
+    on_disk = dataclasses.replace(cfg, prepared_dir=str(tmp_path / "prepared"))
+    with pytest.raises(DataError, match=r"task 'ifp_text' was prepared with cpt_chunk_len=16, "
+                                        r"this config has cpt_chunk_len=12"):
+        pipeline.make_train_batches(dataclasses.replace(on_disk, cpt_chunk_len=12), 16)
+    with open(files[1], "a") as f:
+        f.write("one more document\n")
+    with pytest.raises(DataError, match=r"source.files=\[\".*corpus-00001.txt\", \d+, \d+\]"):
+        pipeline.make_train_batches(on_disk, 16)
 
 
 _STREAM = """

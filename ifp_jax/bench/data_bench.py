@@ -56,7 +56,9 @@ def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
 
 def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, workers: tuple[int, ...],
                    batches: int, step_tokens_per_s: float | None,
-                   prepare_processes: int = 1) -> dict:
+                   prepare_processes: int = 1, own_cache: bool = False) -> dict:
+    """`own_cache`: prepared_dir is the bench's own cache, which may be wiped and rebuilt when
+    it was prepared with other settings (an older version, another size)."""
     from ifp_jax.data.corpus import generate_corpus
     from ifp_jax.data.prepare import prepare
     t0 = time.time()
@@ -66,8 +68,10 @@ def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, workers: tuple
          f"({time.time() - t0:.0f}s)")
     cfg = data_config(corpus_dir)
     t0 = time.time()
-    manifest = prepare(cfg, CHUNK, prepared_dir, log=_log) if prepare_processes == 1 else \
-        _prepare_in_processes(corpus_dir, prepared_dir, prepare_processes)
+    manifest = _reusable(cfg, prepared_dir, own_cache)
+    if manifest is None:
+        manifest = prepare(cfg, CHUNK, prepared_dir, log=_log) if prepare_processes == 1 else \
+            _prepare_in_processes(corpus_dir, prepared_dir, prepare_processes)
     prepare_s = time.time() - t0
     examples = sum(s["examples"] for s in manifest["tasks"]["ifp_text"].values())
     _log(f"prepared {examples:,} examples in {prepare_s:.0f}s into {prepared_dir}")
@@ -82,6 +86,30 @@ def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, workers: tuple
             "prepare_seconds": prepare_s, "prepare_processes": prepare_processes,
             "prepared_gb": _dir_bytes(prepared_dir) / 1e9, "loader": loader, "train_step": step,
             "loader_over_step": best / step["tokens_per_s"]}
+
+
+def _reusable(cfg: DataConfig, prepared_dir: str, own_cache: bool) -> dict | None:
+    """The manifest of a complete preparation of this corpus and config in prepared_dir, else
+    None; a stale preparation in the bench's own cache is removed first."""
+    import json
+    import shutil
+    from ifp_jax.data.prepare import PLAN, fingerprint
+    from ifp_jax.data.prepared import MANIFEST
+    plan_path = os.path.join(prepared_dir, PLAN)
+    if not os.path.exists(plan_path):
+        return None
+    with open(plan_path) as f:
+        started = json.load(f)["fingerprint"]
+    if started != fingerprint(cfg, CHUNK):
+        if own_cache:
+            _log(f"{prepared_dir} was prepared with other settings: removing it (bench cache)")
+            shutil.rmtree(prepared_dir)
+        return None  # else prepare() refuses it with a line naming the difference
+    if os.path.exists(os.path.join(prepared_dir, MANIFEST)):
+        _log(f"reusing the complete preparation in {prepared_dir}")
+        with open(os.path.join(prepared_dir, MANIFEST)) as f:
+            return json.load(f)
+    return None
 
 
 def _prepare_in_processes(corpus_dir: str, prepared_dir: str, n: int) -> dict:

@@ -55,7 +55,7 @@ def _cmd_bench_data(args) -> None:
     result = run_data_bench(args.gb, args.corpus or os.path.join(cache, f"corpus_{tag}"),
                             args.prepared or os.path.join(cache, f"prepared_{tag}"),
                             tuple(args.workers), args.batches, args.step_tokens_per_s,
-                            args.prepare_processes)
+                            args.prepare_processes, own_cache=args.prepared is None)
     print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
 
 

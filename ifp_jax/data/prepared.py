@@ -98,8 +98,49 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
             raise DataError(f"data.prepared_dir={directory} has no task '{task}' (it holds "
                             f"mixture {stored.get('mixture')!r}); prepare a mixture with it")
         if stored["tasks"][task] != settings:
-            raise DataError(f"data.prepared_dir={directory} was prepared with other settings or "
-                            f"source files for task '{task}'; {fix}")
+            was, now = first_difference(stored["tasks"][task], settings)
+            raise DataError(f"data.prepared_dir={directory}: task '{task}' was prepared with "
+                            f"{was}, this config has {now}; {fix}")
+
+
+def _parsed(value):
+    """A task fingerprint holds JSON inside JSON strings: parse them to compare their parts."""
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def first_difference(stored, current, width: int = 160) -> tuple[str, str]:
+    """The first differing part of two task fingerprints as 'path=value' strings. A list of
+    plain values (a source file's [path, mtime, size]) is shown whole, for context."""
+    path, was, now = _difference(stored, current)
+    name = f"{path}=" if path else ""
+    return name + _short(was, width), name + _short(now, width)
+
+
+def _difference(stored, current) -> tuple[str, object, object]:
+    stored, current = _parsed(stored), _parsed(current)
+    nested = (list, dict)
+    if isinstance(stored, list) and isinstance(current, list) and (
+            any(isinstance(_parsed(x), nested) for x in stored + current)):
+        for a, b in zip(stored, current):
+            if a != b:
+                return _difference(a, b)
+        return "entries", len(stored), len(current)
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current)):
+            if stored.get(key) != current.get(key):
+                path, was, now = _difference(stored.get(key), current.get(key))
+                return (f"{key}.{path}" if path else key), was, now
+    return "", stored, current
+
+
+def _short(value, width: int) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[:width // 2 - 2] + " .. " + text[-width // 2:]
 
 
 class PreparedSplit:

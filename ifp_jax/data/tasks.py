@@ -75,6 +75,13 @@ def _features(data_cfg: DataConfig, targets_eos: bool) -> dict:
             "targets": seqio.Feature(llm, add_eos=targets_eos)}
 
 
+def _fingerprint(data_cfg: DataConfig, **settings) -> str:
+    """A task's fingerprint: its vocabularies and named settings (JSON; the prepared-data check
+    names the first one that differs)."""
+    return json.dumps({"vocabulary": data_cfg.vocabulary,
+                       "predictor_vocabulary": data_cfg.predictor_vocabulary, **settings})
+
+
 def _add_task(name: str, fingerprint: str, **kwargs) -> None:
     if _FINGERPRINTS.get(name) == fingerprint and name in seqio.TaskRegistry.names():
         return
@@ -130,8 +137,8 @@ def _register_generated(kind: str, prefix: str, names, data_cfg: DataConfig) -> 
         def dataset_fn(split, shuffle_files=False, seed=None, bare=bare):
             del shuffle_files, seed  # a fixed data set; the pipeline shuffles
             return _prompt_response_dataset(list(_generated_examples(kind, bare, split)))
-        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                                  SKILL_EXAMPLES, SKILL_GENERATION_SEED])
+        fingerprint = _fingerprint(data_cfg, examples=SKILL_EXAMPLES,
+                                   generation_seed=SKILL_GENERATION_SEED)
         _register_prompt_response(prefix + bare, fingerprint, data_cfg, dataset_fn)
         out.append(prefix + bare)
     return out
@@ -168,8 +175,7 @@ def register_user_tasks(path: str, data_cfg: DataConfig) -> list[tuple[str, floa
             del shuffle_files, seed
             return _prompt_response_dataset(splits[split])
 
-        fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                                  source_stats(path)])
+        fingerprint = _fingerprint(data_cfg, source_files=source_stats(path))
         _register_prompt_response(task.name, fingerprint, data_cfg, dataset_fn)
         out.append((task.name, task.rate))
     return out
@@ -187,8 +193,8 @@ def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
         return _prompt_response_dataset(splits[split])
 
     stat = os.stat(path)
-    fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                              os.path.abspath(path), stat.st_mtime_ns, stat.st_size])
+    fingerprint = _fingerprint(data_cfg, source_file=[os.path.abspath(path), stat.st_mtime_ns,
+                                                      stat.st_size])
     _register_prompt_response(name, fingerprint, data_cfg, dataset_fn)
 
 
@@ -258,8 +264,8 @@ def register_cpt_task(name: str, text_fn: Callable[[str], Iterable[str]], data_c
         docs = list(text_fn(split))
         return tf.data.Dataset.from_tensor_slices({"text": tf.constant(docs, tf.string)})
 
-    fingerprint = json.dumps([data_cfg.vocabulary, data_cfg.predictor_vocabulary,
-                              data_cfg.cpt_chunk_len, data_cfg.cpt_num_chunks, source_id])
+    fingerprint = _fingerprint(data_cfg, cpt_chunk_len=data_cfg.cpt_chunk_len,
+                               cpt_num_chunks=data_cfg.cpt_num_chunks, source=source_id)
     _add_task(name, fingerprint,
               source=seqio.FunctionDataSource(dataset_fn, splits=skills.SPLITS,
                                               caching_permitted=False),
@@ -323,13 +329,10 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     if data_cfg.text_files or data_cfg.text_datasets:
         files = text_files.resolve_files(data_cfg.text_files) if data_cfg.text_files else []
         sources = tuple(text_datasets.parse_sources(data_cfg.text_datasets))
-        # Only choices away from their defaults are added, so data prepared before a choice
-        # existed keeps its fingerprint.
-        source_id = json.dumps(
-            [[f, os.stat(f).st_mtime_ns, os.stat(f).st_size] for f in files]
-            + [text_datasets.identity(s, data_cfg.tfds_data_dir) for s in sources]
-            + [data_cfg.skip_bad_lines]
-            + ([data_cfg.text_field] if data_cfg.text_field != "text" else []))
+        source_id = json.dumps({
+            "files": [[f, os.stat(f).st_mtime_ns, os.stat(f).st_size] for f in files],
+            "datasets": [text_datasets.identity(s, data_cfg.tfds_data_dir) for s in sources],
+            "skip_bad_lines": data_cfg.skip_bad_lines, "text_field": data_cfg.text_field})
         register_cpt_task(TEXT_FILES_TASK, functools.partial(
             _text_documents, tuple(files), sources, data_cfg), data_cfg, source_id=source_id,
             streaming=True)

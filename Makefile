@@ -18,7 +18,7 @@ demo: setup
 
 # Fast suite (what CI runs); `make test-all` adds the tests marked slow.
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=25
 
 test-all: setup
 	$(PY) -m pytest -q

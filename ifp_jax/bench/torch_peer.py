@@ -14,12 +14,9 @@ from ifp_jax.config import ExperimentConfig
 
 def peer_unavailable() -> str | None:
     """None if torch + transformers import; else a one-line reason with the install command."""
-    missing = []
-    for name in ("torch", "transformers"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    import importlib.util
+    missing = [name for name in ("torch", "transformers")
+               if importlib.util.find_spec(name) is None]
     if missing:
         return (f"transformers peer skipped: {' and '.join(missing)} not installed "
                 f"(pip install torch transformers)")

@@ -327,7 +327,13 @@ def _safetensors_files(src: str) -> list[str]:
     if os.path.isfile(index):
         with open(index) as f:
             weight_map = json.load(f).get("weight_map", {})
-        files = sorted(set(weight_map.values()))
+        files = sorted({str(name) for name in weight_map.values()})
+        # A downloaded index must not point outside its directory (../x, /etc/x).
+        escaping = [n for n in files if os.path.basename(n) != n or n in ("", ".", "..")]
+        if escaping:
+            raise ConfigError(f"{index} names shard(s) outside {src}: "
+                              f"{_names_list(escaping)}; "
+                              f"shards must be plain file names beside the index")
         missing = [n for n in files if not os.path.isfile(os.path.join(src, n))]
         if missing:
             raise ConfigError(f"{index} names shard(s) that are not there: "

@@ -23,6 +23,7 @@ from ifp_jax.data import pipeline, tasks
 from ifp_jax.data import vocab as vocab_lib
 from ifp_jax.hf import imported
 from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.train import preflight
 from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
 from ifp_jax.train.metrics import MetricsWriter, print_primary
@@ -75,6 +76,8 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
                                "model.vocab_size")
     vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,
                                "data.predictor_vocabulary", "predictor.backbone.vocab_size")
+    if jax.process_index() == 0:
+        preflight.check_workdir_writable(workdir)
     lock = WorkdirLock(workdir)
     lock.acquire()
     try:
@@ -94,9 +97,14 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
     model = build_model(cfg)
     tx = make_optimizer(cfg.optimizer, cfg.train.steps)
     layout = state_layout(model, cfg, tx, mesh)
+    if jax.process_index() == 0:  # before compiling, which can take minutes at scale
+        disk = preflight.check_disk(workdir, preflight.state_bytes(layout.abstract),
+                                    cfg.checkpoint.keep)
+        print_primary(f"[ifp] {disk}")
     t0 = time.time()
     step_fn = compile_train_step(model, cfg, tx, layout, mesh, len(batches.task_names))
     print_primary(f"[ifp] train step compiled in {time.time() - t0:.1f}s")
+    print_primary(f"[ifp] {preflight.device_memory_line(step_fn, cfg)}")
     teacher = Teacher(cfg, mesh) if cfg.distill.teacher else None
     if teacher is not None:
         print_primary(f"[ifp] distilling from {cfg.distill.teacher} (top {cfg.distill.top_k} "

@@ -1,0 +1,70 @@
+"""Checks before training starts: the workdir is writable, and the checkpoints it will hold fit
+on its disk; plus the up-front estimate of device memory and disk the run needs (printed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+import jax
+
+from ifp_jax.config import ConfigError, ExperimentConfig
+
+GB = 1e9
+
+
+def check_workdir_writable(workdir: str) -> None:
+    """Creates `workdir` and writes, syncs and removes a probe file in it; a one-line
+    ConfigError naming the cause otherwise (a file in the way, no permission, read-only disk)."""
+    probe = os.path.join(workdir, f".ifp_write_probe.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ifp")
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir} is not writable ({type(e).__name__}: "
+                          f"{e.strerror or e}); choose another --workdir or fix its "
+                          f"permissions") from None
+
+
+def state_bytes(abstract_state: Any) -> int:
+    """Bytes of one checkpoint: every array of the train state (params, optimizer moments)."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state)
+               if hasattr(x, "dtype"))
+
+
+def check_disk(workdir: str, checkpoint_bytes: int, keep: int, free_bytes: int | None = None
+               ) -> str:
+    """The disk estimate as a line to print; a one-line ConfigError when not even one more
+    checkpoint fits. Up to keep + 1 checkpoints exist at once (the newest is written before
+    the oldest is deleted)."""
+    free = shutil.disk_usage(workdir).free if free_bytes is None else free_bytes
+    peak = checkpoint_bytes * (keep + 1)
+    line = (f"checkpoints {checkpoint_bytes / GB:.3g} GB each, up to {keep + 1} at once "
+            f"({peak / GB:.3g} GB); {free / GB:.3g} GB free in {workdir}")
+    if free < checkpoint_bytes:
+        raise ConfigError(f"{workdir} has {free / GB:.3g} GB free but one checkpoint needs "
+                          f"{checkpoint_bytes / GB:.3g} GB; free space or choose another "
+                          f"--workdir")
+    if free < peak:
+        line += (f"; WARNING: fewer than {keep + 1} fit: lower checkpoint.keep or free space "
+                 f"before the run reaches its {keep + 1}th save")
+    return line
+
+
+def device_memory_line(compiled: Any, cfg: ExperimentConfig) -> str:
+    """Per-device memory of the compiled train step (XLA's own analysis), as a line to print."""
+    try:
+        mem = compiled.memory_analysis()
+    except (AttributeError, NotImplementedError):
+        mem = None
+    if mem is None:
+        return f"{cfg.name}: no memory analysis from this backend"
+    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    return (f"train step needs {total / GB:.3g} GB per device (state and batch "
+            f"{mem.argument_size_in_bytes / GB:.3g}, temporaries {mem.temp_size_in_bytes / GB:.3g})")

@@ -66,5 +66,6 @@ def device_memory_line(compiled: Any, cfg: ExperimentConfig) -> str:
         return f"{cfg.name}: no memory analysis from this backend"
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
-    return (f"train step needs {total / GB:.3g} GB per device (state and batch "
-            f"{mem.argument_size_in_bytes / GB:.3g}, temporaries {mem.temp_size_in_bytes / GB:.3g})")
+    args, temp = mem.argument_size_in_bytes / GB, mem.temp_size_in_bytes / GB
+    return (f"train step needs {total / GB:.3g} GB per device (state and batch {args:.3g}, "
+            f"temporaries {temp:.3g})")

@@ -283,7 +283,7 @@ def load_workdir_config(workdir: str) -> ExperimentConfig:
 def _unknown_key_message(key: str, names: list[str], prefix: str) -> str:
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], names, n=1, cutoff=0.5)
     hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
-    return f"unknown config key '{key}': {hint}"
+    return f"unknown config key {key!r}: {hint}"
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -334,7 +334,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentCo
     d = to_dict(cfg)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""

@@ -49,8 +49,13 @@ def read_jsonl(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such JSONL file; set data.jsonl_path to an existing file")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not UTF-8; re-encode the file as UTF-8") \
+                    from None
             if not line.strip():
                 continue
             try:
@@ -84,7 +89,7 @@ def is_multitask(path: str) -> bool:
         return True
     if not os.path.isfile(path):
         return False
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # read_jsonl names a bad line
         first = next((line for line in f if line.strip()), "")
     try:
         obj = json.loads(first)

@@ -1,7 +1,6 @@
 """Generated garbage thrown at the config parser and the JSONL readers (hypothesis): every input
 either parses or fails with a one-line ConfigError/DataError; never another exception."""
 
-import dataclasses
 import json
 import string
 

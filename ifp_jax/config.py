@@ -158,6 +158,9 @@ class CheckpointConfig:
     every_steps: int = 200
     keep: int = 3
     async_save: bool = True
+    # SHA-256 of every file after a save, checked before a restore (a flipped bit in array data
+    # otherwise restores silently); costs one extra read of the checkpoint at save and restore.
+    verify: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

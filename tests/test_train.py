@@ -257,3 +257,40 @@ def test_torn_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupted, t
     assert step == 15 and int(state.step) == 15
     assert "checkpoint step 20" in capsys.readouterr().err
     assert os.path.isdir(os.path.join(copy, "checkpoints", "20"))  # reported, never deleted
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_restored(
+        uninterrupted, tmp_path, capsys, damage):
+    """A flipped bit inside array data restores silently under orbax alone (wrong weights);
+    the checksums recorded after each save catch it and a truncated file, name the file, and
+    the previous step is restored. Nothing is deleted."""
+    import shutil
+    cfg, workdir, _ = uninterrupted
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    kept = sorted(os.listdir(os.path.join(copy, "checkpoints")), key=int)
+    assert len(kept) >= 2 and sorted(os.listdir(os.path.join(copy, "checksums"))) == sorted(
+        f"{s}.process_0.json" for s in kept)  # records of the kept steps only
+    step_dir = os.path.join(copy, "checkpoints", "20")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        data = bytearray(f.read())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0x10
+        else:
+            data = data[:len(data) // 2]
+        f.seek(0)
+        f.truncate()
+        f.write(bytes(data))
+    mesh = shd.make_mesh(cfg.mesh)
+    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
+                          mesh)
+    ck = ckpt_lib.Checkpointer(copy, cfg.checkpoint)
+    step, state, _ = ck.restore_latest(layout.abstract)
+    ck.close()
+    assert step == 15 and int(state.step) == 15
+    err = capsys.readouterr().err
+    assert f"checkpoint step 20: {largest} does not match the checksum" in err, err
+    assert os.path.exists(largest)  # reported, never deleted

@@ -3,12 +3,13 @@
 Layout of a workdir:
     DIR/config.json            the resolved ExperimentConfig (written before any work)
     DIR/checkpoints/<step>/    orbax: `state` (TrainState, sharded arrays) + `data` (JSON)
+    DIR/checksums/<step>.process_<i>.json   SHA-256 of the files process i wrote (checksums.py)
     DIR/metrics.jsonl, DIR/tb/ metrics
 
 Orbax writes each step into a temporary directory and renames it when complete (on object
 stores it writes a commit marker last), so a run killed mid-save leaves no step that looks
-finished; a step that still fails to restore is reported and skipped (never deleted), and the
-next older one is tried.
+finished; a step whose files no longer match the checksums recorded after its save, or that
+fails to restore, is reported and skipped (never deleted), and the next older one is tried.
 
 Checkpoints are topology-free: arrays are restored into the abstract state of the *restoring*
 run (shapes + target shardings), so N processes on one mesh can save and M processes on another
@@ -29,6 +30,7 @@ import jax
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
+from ifp_jax.train import checksums
 
 CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
@@ -40,6 +42,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, cfg: CheckpointConfig):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.checksum_dir = os.path.join(os.path.abspath(workdir), "checksums")
+        self.verify = cfg.verify
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -49,14 +53,42 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
-        """Starts an (async) save; returns before the write completes when async is on."""
+        """Starts an (async) save; returns before the write completes when async is on. The
+        previous save is finished first (orbax allows one in flight) and its checksums written."""
+        self._record_finished()
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
 
+    def _record_finished(self) -> None:
+        """Checksums of this process's files of every finished step that has none yet."""
+        self.manager.wait_until_finished()
+        if not self.verify:
+            return
+        process = jax.process_index()
+        steps = self.manager.all_steps()
+        for step in steps:
+            if not checksums.has_record(self.checksum_dir, step, process):
+                checksums.write_record(os.path.join(self.directory, str(step)),
+                                       self.checksum_dir, step, process)
+        checksums.remove_stale_records(self.checksum_dir, set(steps), process)
+
+    def _damaged(self, step: int) -> list[str]:
+        if not self.verify:
+            return []
+        return checksums.damaged_files(os.path.join(self.directory, str(step)),
+                                       self.checksum_dir, step) or []
+
     def _newest_readable(self, args) -> tuple[int, Any] | None:
-        """(step, restored) of the newest step that restores with `args`; unreadable steps are
-        reported and skipped, never deleted."""
+        """(step, restored) of the newest step that restores with `args` and matches its
+        checksums; damaged or unreadable steps are reported and skipped, never deleted."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            damaged = self._damaged(step)
+            if damaged:
+                more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
+                print(f"[ifp] checkpoint step {step}: {damaged[0]}{more} does not match the "
+                      f"checksum recorded when it was saved (altered, truncated or missing); "
+                      f"trying an older one", file=sys.stderr)
+                continue
             try:
                 return step, self.manager.restore(step, args=args)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
@@ -87,10 +119,10 @@ class Checkpointer:
         return found[0], found[1]["state"]["params"]
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._record_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self._record_finished()
         self.manager.close()
 
 

@@ -176,6 +176,18 @@ def test_interrupted_run_resumes_to_identical_state(uninterrupted, tmp_path, mon
     losses = _losses(workdir)
     # Steps 5, 10 (first run), then 15, 20 after resuming; same values as uninterrupted.
     np.testing.assert_allclose(losses[-2:], _losses(uninterrupted[1])[-2:], rtol=1e-5)
+    # The fault counts travel with the checkpoint: one restart, and the truncation counts of
+    # the 20 steps each counted once (as in the uninterrupted run).
+    resumed, straight = _last_row(workdir), _last_row(uninterrupted[1])
+    assert resumed["events/restarts"] == 1 and straight["events/restarts"] == 0
+    for key in ("events/predictor_truncated", "events/decoder_truncated",
+                "events/nonfinite_steps", "events/skipped_checkpoints"):
+        assert resumed[key] == straight[key], key
+
+
+def _last_row(workdir: str) -> dict:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if "events/restarts" in line][-1]
 
 
 def test_prepared_data_with_workers_trains_and_resumes_like_the_in_memory_run(
@@ -294,3 +306,4 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_restored(
     err = capsys.readouterr().err
     assert f"checkpoint step 20: {largest} does not match the checksum" in err, err
     assert os.path.exists(largest)  # reported, never deleted
+    assert ck.skipped_steps == 1  # counted in the run's events/skipped_checkpoints

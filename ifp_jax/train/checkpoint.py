@@ -44,6 +44,7 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.checksum_dir = os.path.join(os.path.abspath(workdir), "checksums")
         self.verify = cfg.verify
+        self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -81,9 +82,11 @@ class Checkpointer:
     def _newest_readable(self, args) -> tuple[int, Any] | None:
         """(step, restored) of the newest step that restores with `args` and matches its
         checksums; damaged or unreadable steps are reported and skipped, never deleted."""
+        self.skipped_steps = 0
         for step in sorted(self.manager.all_steps(), reverse=True):
             damaged = self._damaged(step)
             if damaged:
+                self.skipped_steps += 1
                 more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
                 print(f"[ifp] checkpoint step {step}: {damaged[0]}{more} does not match the "
                       f"checksum recorded when it was saved (altered, truncated or missing); "
@@ -92,6 +95,7 @@ class Checkpointer:
             try:
                 return step, self.manager.restore(step, args=args)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
+                self.skipped_steps += 1
                 print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
                       file=sys.stderr)

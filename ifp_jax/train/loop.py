@@ -28,6 +28,7 @@ from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
 from ifp_jax.train.metrics import MetricsWriter, print_primary
 from ifp_jax.train.optim import make_optimizer
+from ifp_jax.train.run_events import RunEvents
 from ifp_jax.train.stage_init import stage_init
 from ifp_jax.train.state import (TrainState, build_model, create_state, state_layout)
 from ifp_jax.train.step import STEP_KEYS
@@ -115,10 +116,14 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
     if restored is not None:
         start, state, data_state = restored
         batches.set_state(data_state)
+        events = RunEvents.from_state(data_state.get("events"))
+        events.restarts += 1
         print_primary(f"[ifp] resumed {workdir} at step {start}")
     else:
         start = 0
+        events = RunEvents()
         state = create_state(model, cfg, tx, layout, mesh, stage_init(cfg, mesh))
+    events.skipped_checkpoints += ckpt.skipped_steps
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     print_primary(f"[ifp] {cfg.name}: LLM {count(state.params['decoder'])/1e6:.2f}M params, "
                   f"predictor {count(state.params['predictor'])/1e6:.2f}M, mode={cfg.pruning.mode},"
@@ -127,7 +132,8 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
 
     writer = MetricsWriter(workdir, cfg.train.steps, label=cfg.name)
     ctx = LoopContext(cfg=cfg, workdir=workdir, model=model, mesh=mesh, writer=writer,
-                      task_names=batches.task_names, data_state=batches.get_state)
+                      task_names=batches.task_names,
+                      data_state=lambda: {**batches.get_state(), "events": events.as_dict()})
     saver = SaveCheckpoint(every=cfg.checkpoint.every_steps, checkpointer=ckpt)
     all_hooks = [LogMetrics(every=1), saver, *hooks]
     preempt = _Preemption()
@@ -152,8 +158,12 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
             window_steps += 1
             last = step == cfg.train.steps
             metrics: dict = {}
-            if step % cfg.train.log_every == 0 or last or preempt.requested:
+            # Windows also end at checkpoint steps, so the fault counts saved are exact.
+            if (step % cfg.train.log_every == 0 or step % cfg.checkpoint.every_steps == 0
+                    or last or preempt.requested):
                 metrics = metric.compute(window, {"task_loss": batches.task_names})
+                events.add_window(metrics)
+                metrics.update(events.metrics())
                 _check_finite(metrics, step, cfg.train.nan_policy)
                 metrics.update(writer.rate(step, tokens_per_step * window_steps, data_seconds))
                 writer.start_window(step)
@@ -170,6 +180,7 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
                           f"(train.steps={cfg.train.steps})")
         for hook in all_hooks:
             hook.end(ctx, step, state)
+        print_primary(f"[ifp] {events.summary(step)}")
     finally:
         batches.close()  # stops data workers, if any
         ckpt.close()

@@ -250,6 +250,17 @@ def test_params_only_restore_reads_the_params_subtree(uninterrupted):
     _params_equal(params, final.params)
 
 
+def _restore_latest(cfg, workdir: str):
+    """(step, state, checkpointer) of the newest step a fresh Checkpointer restores."""
+    mesh = shd.make_mesh(cfg.mesh)
+    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
+                          mesh)
+    ck = ckpt_lib.Checkpointer(workdir, cfg.checkpoint)
+    step, state, _ = ck.restore_latest(layout.abstract)
+    ck.close()
+    return step, state, ck
+
+
 def test_torn_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupted, tmp_path, capsys):
     import shutil
     cfg, workdir, _ = uninterrupted
@@ -260,12 +271,7 @@ def test_torn_newest_checkpoint_is_skipped_for_the_previous_one(uninterrupted, t
         if name != "_METADATA":
             path = os.path.join(newest, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    mesh = shd.make_mesh(cfg.mesh)
-    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
-                          mesh)
-    ck = ckpt_lib.Checkpointer(copy, cfg.checkpoint)
-    step, state, _ = ck.restore_latest(layout.abstract)
-    ck.close()
+    step, state, ck = _restore_latest(cfg, copy)
     assert step == 15 and int(state.step) == 15
     assert "checkpoint step 20" in capsys.readouterr().err
     assert os.path.isdir(os.path.join(copy, "checkpoints", "20"))  # reported, never deleted
@@ -296,12 +302,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_restored(
         f.seek(0)
         f.truncate()
         f.write(bytes(data))
-    mesh = shd.make_mesh(cfg.mesh)
-    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
-                          mesh)
-    ck = ckpt_lib.Checkpointer(copy, cfg.checkpoint)
-    step, state, _ = ck.restore_latest(layout.abstract)
-    ck.close()
+    step, state, ck = _restore_latest(cfg, copy)
     assert step == 15 and int(state.step) == 15
     err = capsys.readouterr().err
     assert f"checkpoint step 20: {largest} does not match the checksum" in err, err

@@ -14,9 +14,15 @@ from ifp_jax.config import ExperimentConfig
 
 def peer_unavailable() -> str | None:
     """None if torch + transformers import; else a one-line reason with the install command."""
-    import importlib.util
-    missing = [name for name in ("torch", "transformers")
-               if importlib.util.find_spec(name) is None]
+    missing = []
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        missing.append("torch")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        missing.append("transformers")
     if missing:
         return (f"transformers peer skipped: {' and '.join(missing)} not installed "
                 f"(pip install torch transformers)")

@@ -15,7 +15,7 @@ import sys
 import time
 
 from ifp_jax.config import DataConfig, replace
-from ifp_jax.host_memory import process_tree_rss_mib
+from ifp_jax.host_memory import descendants, process_tree_rss_mib, rss_mib
 
 SEQ_LEN, CHUNK, BATCH = 256, 128, 8
 
@@ -33,10 +33,13 @@ def data_config(corpus: str, prepared_dir: str = "") -> DataConfig:
 def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
     """Examples/s, tokens/s and host memory drawing `batches` batches with `workers` workers."""
     from ifp_jax.data.pipeline import make_train_batches
+    before = set(descendants())
     it = make_train_batches(replace(cfg, num_workers=workers, prefetch=4), CHUNK)
     try:
         next(it)  # start-up (workers spawned, readers opened) is not timed
         rss0 = process_tree_rss_mib()
+        # The processes this loader started (its workers and their helpers), apart.
+        workers_rss = rss_mib([p for p in descendants() if p not in before])
         t0 = time.perf_counter()
         tokens = 0
         peak = rss0
@@ -51,7 +54,7 @@ def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
     examples = batches * cfg.global_batch_size
     return {"workers": workers, "batches": batches, "seconds": seconds,
             "examples_per_s": examples / seconds, "tokens_per_s": tokens / seconds,
-            "rss_start_mib": rss0, "rss_peak_mib": peak}
+            "rss_start_mib": rss0, "rss_peak_mib": peak, "workers_rss_mib": workers_rss}
 
 
 def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, workers: tuple[int, ...],

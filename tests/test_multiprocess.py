@@ -85,6 +85,7 @@ def _losses(workdir: str) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.mark.slow  # ~4 min on 2 cores (three trainings, two of them on 8 virtual devices)
 @pytest.mark.skipif(len(__import__("jax").devices()) < 8, reason="needs 8 (virtual) devices")
 def test_two_processes_save_one_process_other_mesh_resumes(tmp_path):
     workdir = str(tmp_path / "run")

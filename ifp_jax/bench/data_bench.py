@@ -97,7 +97,7 @@ def _reusable(cfg: DataConfig, prepared_dir: str, own_cache: bool) -> dict | Non
     import json
     import shutil
     from ifp_jax.data.prepare import PLAN, fingerprint
-    from ifp_jax.data.prepared import MANIFEST
+    from ifp_jax.data.prepared import MANIFEST, load_manifest
     plan_path = os.path.join(prepared_dir, PLAN)
     if not os.path.exists(plan_path):
         return None
@@ -110,8 +110,7 @@ def _reusable(cfg: DataConfig, prepared_dir: str, own_cache: bool) -> dict | Non
         return None  # else prepare() refuses it with a line naming the difference
     if os.path.exists(os.path.join(prepared_dir, MANIFEST)):
         _log(f"reusing the complete preparation in {prepared_dir}")
-        with open(os.path.join(prepared_dir, MANIFEST)) as f:
-            return json.load(f)
+        return load_manifest(prepared_dir)
     return None
 
 

@@ -1,5 +1,7 @@
 """Shared tiny configurations for tests (small shapes, one compile each)."""
 
+import socket
+
 from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, MeshConfig,
                             ModelConfig, OptimizerConfig, PredictorConfig, PruningConfig,
                             TrainConfig)
@@ -25,3 +27,21 @@ def tiny_config(name: str = "test_tiny", mode: str = "soft", steps: int = 20,
         checkpoint=CheckpointConfig(every_steps=5, keep=5, async_save=True),
         train=TrainConfig(steps=steps, log_every=5, **train_kwargs),
     )
+
+
+# The same tiny shapes as command-line overrides of `tiny_multiskill`, for tests that run the
+# `ifp` command in subprocesses.
+TINY_OVERRIDES = [
+    "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+    "model.head_dim=8", "model.d_ffn=64", "predictor.backbone.d_model=32",
+    "predictor.backbone.n_layers=1", "predictor.backbone.d_ffn=64",
+    "predictor.backbone.n_kv_heads=2", "predictor.head_hidden=16", "pruning.keep_k=16",
+    "data.global_batch_size=16", "train.log_every=1", "checkpoint.every_steps=3",
+    "optimizer.warmup_steps=2", "optimizer.final_lr_fraction=1.0"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for a coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

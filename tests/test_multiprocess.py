@@ -11,7 +11,6 @@ heartbeat bound. Coordinator and process-count mistakes fail with one line, in b
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,23 +22,10 @@ import experiments
 from ifp_jax.config import ConfigError, apply_overrides
 from ifp_jax.train.loop import train
 from ifp_jax.train.workdir_lock import WorkdirLock
+from tests.helpers import TINY_OVERRIDES as TINY
+from tests.helpers import free_port as _free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-        "model.head_dim=8", "model.d_ffn=64", "predictor.backbone.d_model=32",
-        "predictor.backbone.n_layers=1", "predictor.backbone.d_ffn=64",
-        "predictor.backbone.n_kv_heads=2",
-        "predictor.head_hidden=16", "pruning.keep_k=16", "data.global_batch_size=16",
-        "train.log_every=1", "checkpoint.every_steps=3", "optimizer.warmup_steps=2",
-        "optimizer.final_lr_fraction=1.0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")

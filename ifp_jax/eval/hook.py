@@ -7,11 +7,11 @@ the metric sinks as eval/* and to DIR/eval_results.json (process 0 only).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 
+from ifp_jax import atomic_file
 from ifp_jax.data import pipeline
 from ifp_jax.eval.evaluate import evaluate
 
@@ -45,9 +45,7 @@ class EvaluateHeldOut:
         metrics.update({f"eval/{k}": v for k, v in result.mask_stats.items()})
         ctx.writer.write(step, metrics)
         if jax.process_index() == 0:
-            with open(os.path.join(ctx.workdir, EVAL_FILE), "w") as f:
-                json.dump({"step": step, "mode": cfg.pruning.mode,
-                           "eval_mask": cfg.pruning.eval_mask,
-                           "per_task_exact_match": result.per_task,
-                           "mean_exact_match": result.mean, "mask_stats": result.mask_stats,
-                           "samples": result.samples}, f, indent=2)
+            record = {"step": step, "mode": cfg.pruning.mode, "eval_mask": cfg.pruning.eval_mask,
+                      "per_task_exact_match": result.per_task, "mean_exact_match": result.mean,
+                      "mask_stats": result.mask_stats, "samples": result.samples}
+            atomic_file.write_json(os.path.join(ctx.workdir, EVAL_FILE), record, indent=2)

@@ -34,7 +34,9 @@ class MetricsWriter:
         self._tb = None
         if self.primary:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            drop_torn_tail(path)
+            self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
         self._t0 = time.time()
@@ -90,6 +92,30 @@ class MetricsWriter:
         if self.primary:
             self._jsonl.close()
             self._tb.close()
+
+
+def drop_torn_tail(path: str) -> None:
+    """Cuts a last line without its newline (a run killed mid-write) so appends stay one JSON
+    object per line; the complete lines before it are kept."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end, pos = 0, size
+        while pos > 0:  # the last newline, reading backwards in 64 KiB blocks
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                end = start + i + 1
+                break
+            pos = start
+        f.truncate(end)
+    print(f"[ifp] {path}: dropped a torn last line ({size - end} bytes) left by an interrupted "
+          f"run", file=sys.stderr)
 
 
 def print_primary(*args) -> None:

@@ -1,0 +1,296 @@
+"""Chaos resume: SIGKILL `ifp train` at random moments, rerun the same command, compare bitwise.
+
+`run()` trains a tiny `tiny_multiskill` once uninterrupted, then again in a fresh workdir that
+it kills with SIGKILL `kills` times, rerunning the same command after each kill until the last
+attempt runs to the end. Each kill targets one phase:
+  startup  a random moment after launch (imports, compilation, restore of the last checkpoint),
+  step     a few ms after a step's log line (the next steps are running),
+  save     0-250 ms after the log line of a checkpoint step (the async save is being written),
+  eval     0.5-4 s after the log line of an evaluation step (the held-out evaluation is running).
+With 2 processes a kill takes process 0, process 1 or both (a lost host); a survivor must exit on
+its own within the heartbeat bound. At the end, every per-step loss the killed run logged
+(steps logged twice, before and after a kill, included) and the final params and evaluation
+must equal the uninterrupted run's bitwise, and metrics.jsonl must parse line by line.
+
+The kill plan follows from the seed; the plan and each kill's actual moment are printed, so a
+failure replays with the same command (a kill may land some ms apart on a loaded machine, in
+the same phase):  python -m tests.chaos --processes 2 --seed 2 --workdir /tmp/chaos
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from tests.helpers import TINY_OVERRIDES, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, SAVE_EVERY, EVAL_EVERY = 60, 3, 10
+DEVICES_PER_PROCESS = 2
+HEARTBEAT = 10  # seconds: how long a survivor may wait for a killed peer
+ATTEMPT_TIMEOUT = 900  # seconds: an attempt that neither ends nor gets killed is a hang
+_STEP_LINE = re.compile(r"^\[tiny_multiskill\] step (\d+)/\d+ \| (loss|eval-EM)")
+
+
+@dataclasses.dataclass
+class Kill:
+    phase: str  # startup | step | save | eval
+    victims: tuple[int, ...]  # process ids to SIGKILL
+    occurrence: int  # kill after the n-th log line of a step of this phase (startup: unused)
+    delay: float  # seconds after that line (startup: after launch)
+
+    def describe(self) -> str:
+        where = ("after launch" if self.phase == "startup"
+                 else f"after the {self.occurrence}. {self.phase} step's log line")
+        return f"{self.phase:7s} kill process(es) {self.victims} {self.delay:.3f}s {where}"
+
+
+def plan(kills: int, processes: int, seed: int) -> list[Kill]:
+    """`kills` kills spread over the four phases (each at least twice for kills >= 8)."""
+    rng = random.Random(seed)
+    phases = ["startup", "step", "save", "eval"] * (kills // 4)
+    phases += rng.sample(["step", "save", "save", "eval"], kills - len(phases))
+    rng.shuffle(phases)
+    out = []
+    for phase in phases:
+        victims = (0,) if processes == 1 else rng.choice([(0,), (1,), (0, 1)])
+        occurrence, delay = {"startup": (0, rng.uniform(3.0, 40.0)),
+                             "step": (rng.randint(1, 4), rng.uniform(0.0, 0.05)),
+                             "save": (rng.randint(1, 2), rng.uniform(0.0, 0.25)),
+                             "eval": (1, rng.uniform(0.5, 4.0))}[phase]
+        out.append(Kill(phase, victims, occurrence, delay))
+    return out
+
+
+def _phase_of_step(step: int) -> str:
+    if step % EVAL_EVERY == 0 and step < STEPS:
+        return "eval"
+    return "save" if step % SAVE_EVERY == 0 else "step"
+
+
+def _command(workdir: str, processes: int, process_id: int, port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "ifp_jax.cli", "train", "tiny_multiskill", "--workdir", workdir,
+           *TINY_OVERRIDES, f"train.steps={STEPS}", f"checkpoint.every_steps={SAVE_EVERY}",
+           f"train.eval_every={EVAL_EVERY}", "pruning.temperature_anneal_steps=30",
+           f"mesh.data={DEVICES_PER_PROCESS * processes}"]
+    if processes > 1:
+        cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                "--process-id", str(process_id), "--heartbeat-timeout", str(HEARTBEAT),
+                "--init-timeout", str(HEARTBEAT * 3)]  # a peer killed before it connected
+    return cmd
+
+
+def _env(cache_dir: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT,
+               PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=cache_dir,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}")
+    env.pop("IFP_DEBUG", None)
+    return env
+
+
+class _Attempt:
+    """One launch of the command on every process; process 0's lines are timestamped."""
+
+    def __init__(self, workdir: str, processes: int, log_dir: str, label: str, cache_dir: str):
+        port = free_port()
+        self.started = time.monotonic()
+        self.lines: queue.Queue = queue.Queue()
+        self.logs = [open(os.path.join(log_dir, f"{label}.p{i}.log"), "w")
+                     for i in range(processes)]
+        self.procs = [subprocess.Popen(
+            _command(workdir, processes, i, port), cwd=ROOT, env=_env(cache_dir),
+            stdout=subprocess.PIPE if i == 0 else self.logs[i], stderr=subprocess.STDOUT,
+            text=True, start_new_session=True) for i in range(processes)]
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.procs[0].stdout:
+            self.logs[0].write(line)
+            self.logs[0].flush()
+            self.lines.put((time.monotonic(), line.rstrip("\n")))
+        self.lines.put(None)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def kill(self, victims) -> None:
+        for i in victims:
+            if self.procs[i].poll() is None:
+                os.killpg(self.procs[i].pid, signal.SIGKILL)
+
+    def wait_all(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(range(len(self.procs)))
+                raise AssertionError(f"a process did not exit within {timeout:.0f}s (a hang); "
+                                     f"logs in {os.path.dirname(self.logs[0].name)}") from None
+        for log in self.logs:
+            log.close()
+        return [p.returncode for p in self.procs]
+
+
+def _run_to_end(workdir, processes, log_dir, label, cache_dir) -> None:
+    attempt = _Attempt(workdir, processes, log_dir, label, cache_dir)
+    codes = attempt.wait_all(ATTEMPT_TIMEOUT)
+    assert codes == [0] * processes, (f"{label}: exit codes {codes}; see "
+                                      f"{attempt.logs[0].name}")
+
+
+def _kill_once(kill: Kill, workdir, processes, log_dir, label, cache_dir) -> str:
+    """Launches, kills as planned, waits for every process to be gone; returns what was hit."""
+    attempt = _Attempt(workdir, processes, log_dir, label, cache_dir)
+    seen, last, target = 0, "", None
+    while True:
+        if kill.phase == "startup":
+            wait = kill.delay - attempt.elapsed()
+        else:
+            wait = ATTEMPT_TIMEOUT - attempt.elapsed()
+        try:
+            item = attempt.lines.get(timeout=max(0.0, wait))
+        except queue.Empty:
+            break  # the startup kill's moment
+        if item is None:  # process 0 exited before the planned moment
+            codes = attempt.wait_all(HEARTBEAT + 90)
+            return f"not killed: the run ended first (exit codes {codes})"
+        last = item[1]
+        match = _STEP_LINE.match(last)
+        if kill.phase != "startup" and match and match.group(2) == "loss":
+            if _phase_of_step(int(match.group(1))) == kill.phase:
+                seen += 1
+                if seen == kill.occurrence:
+                    target = int(match.group(1))
+                    time.sleep(max(0.0, kill.delay - (time.monotonic() - item[0])))
+                    break
+    at = attempt.elapsed()
+    attempt.kill(kill.victims)
+    attempt.wait_all(HEARTBEAT + 90)  # survivors must exit on their own (heartbeat)
+    return f"killed at {at:.2f}s, {_what_was_hit(kill, target, last, attempt, workdir)}"
+
+
+def _what_was_hit(kill: Kill, target, last: str, attempt: _Attempt, workdir: str) -> str:
+    later = []
+    while not attempt.lines.empty():
+        item = attempt.lines.get()
+        if item is not None:
+            later.append(item[1])
+    if kill.phase == "startup":
+        return f"last line: {last[:90]!r}"
+    if kill.phase == "eval":
+        done = any(_STEP_LINE.match(x) and "eval-EM" in x and f"step {target}/" in x
+                   for x in later)
+        return f"step {target}'s evaluation {'had finished' if done else 'was running'}"
+    if kill.phase == "save":
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+        finished = str(target) in names
+        torn = [n for n in names if n.startswith(f"{target}.")]
+        return (f"step {target}'s save " + ("had finished" if finished else
+                                             "was torn" if torn else "had not started writing"))
+    return f"after step {target}"
+
+
+def _losses(workdir: str) -> dict[int, list[float]]:
+    """step -> every loss metrics.jsonl holds for it (several after a kill and a replay)."""
+    out: dict[int, list[float]] = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{workdir}/metrics.jsonl line {n} is not JSON: "
+                                     f"{line[:80]!r}") from None
+            if "loss" in row:
+                out.setdefault(int(row["step"]), []).append(row["loss"])
+    return out
+
+
+def final_params(workdir: str) -> dict:
+    """The last checkpoint's params as numpy arrays, flattened to 'path/to/leaf' keys."""
+    import jax
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+        tree = ckptr.restore(path, restore_args=args)
+    flat = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def compare(reference: str, chaotic: str) -> str:
+    """Asserts the killed run ended bitwise where the uninterrupted one did; a summary line."""
+    ref, got = _losses(reference), _losses(chaotic)
+    assert sorted(got) == list(range(1, STEPS + 1)), f"steps logged: {sorted(got)}"
+    replays = 0
+    for step, values in sorted(got.items()):
+        replays += len(values) - 1
+        for v in values:
+            assert v == ref[step][0], (f"step {step}: loss {v!r} after kills, {ref[step][0]!r} "
+                                       f"uninterrupted")
+    a, b = final_params(reference), final_params(chaotic)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), f"final params differ at {key}"
+    with open(os.path.join(reference, "eval_results.json")) as f, \
+            open(os.path.join(chaotic, "eval_results.json")) as g:
+        assert json.load(f) == json.load(g), "final evaluations differ"
+    return (f"{STEPS} steps' losses (and {replays} replayed step losses), "
+            f"{len(a)} param arrays and the final evaluation equal bitwise")
+
+
+def run(root: str, processes: int = 1, kills: int = 10, seed: int = 0,
+        log=print) -> list[str]:
+    """The scenario; returns each kill's description + what it hit. Raises AssertionError."""
+    os.makedirs(root, exist_ok=True)
+    cache_dir, logs = os.path.join(root, "xla_cache"), os.path.join(root, "logs")
+    os.makedirs(logs, exist_ok=True)
+    reference, chaotic = os.path.join(root, "reference"), os.path.join(root, "chaotic")
+    for d in (reference, chaotic):
+        shutil.rmtree(d, ignore_errors=True)
+    kills_planned = plan(kills, processes, seed)
+    log(f"[chaos] seed {seed}, {processes} process(es), {kills} kills; replay: python -m "
+        f"tests.chaos --processes {processes} --kills {kills} --seed {seed}")
+    t0 = time.monotonic()
+    _run_to_end(reference, processes, logs, "reference", cache_dir)
+    log(f"[chaos] uninterrupted reference run: {time.monotonic() - t0:.0f}s")
+    report = []
+    for n, kill in enumerate(kills_planned, 1):
+        outcome = _kill_once(kill, chaotic, processes, logs, f"attempt{n:02d}", cache_dir)
+        report.append(f"{kill.describe()}: {outcome}")
+        log(f"[chaos] {n:2d}. {report[-1]}")
+    _run_to_end(chaotic, processes, logs, "final", cache_dir)
+    summary = compare(reference, chaotic)
+    log(f"[chaos] {summary}; {time.monotonic() - t0:.0f}s in all")
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--processes", type=int, choices=[1, 2], default=1)
+    p.add_argument("--kills", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default="/tmp/ifp_chaos")
+    a = p.parse_args()
+    run(a.workdir, a.processes, a.kills, a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -71,6 +71,8 @@ def _cmd_train(args) -> None:
     hardware = _this_hardware(args.hardware)
     if hardware:
         cfg = _resolve(args.experiment, args.overrides, hardware)
+    from ifp_jax.data.tasks import check_mixture
+    check_mixture(cfg.data)  # a data error leaves no half-made workdir behind
     from ifp_jax.eval.hook import EvaluateHeldOut
     from ifp_jax.train.hooks import parse_profile_steps
     from ifp_jax.train.loop import train
@@ -268,6 +270,17 @@ def _other_jax_plugins() -> bool:
     return bool(entry_points(group="jax_plugins"))
 
 
+def _is_user_error(e: Exception) -> bool:
+    """Errors with a one-line message naming the fix: bad config or data, a missing file, a
+    checkpoint the disk could not take (its module is only loaded by the commands that save)."""
+    from ifp_jax.config import ConfigError
+    from ifp_jax.data.errors import DataError
+    kinds = [ConfigError, DataError, FileNotFoundError]
+    if "ifp_jax.train.checkpoint" in sys.modules:
+        kinds.append(sys.modules["ifp_jax.train.checkpoint"].CheckpointWriteError)
+    return isinstance(e, tuple(kinds))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after --workdir; argparse binds the positional list before
@@ -286,12 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         _skip_absent_tpu()
     if args.command in ("export", "generate"):
         _use_compilation_cache()
-    from ifp_jax.config import ConfigError
-    from ifp_jax.data.errors import DataError
     try:
         args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        if os.environ.get("IFP_DEBUG"):
+    except Exception as e:  # noqa: BLE001 - user errors become one line; the rest re-raise
+        if not _is_user_error(e) or os.environ.get("IFP_DEBUG"):
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"ifp: error: {msg}", file=sys.stderr)

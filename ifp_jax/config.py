@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from typing import Any, Literal, Optional
 
@@ -206,8 +207,47 @@ class ExperimentConfig:
         validate(self)
 
 
+# Sizes and counts below which a run fails later (a division by zero, an empty shape) or
+# silently does nothing: refused here, before any work, with the smallest valid value named.
+_SHAPE_MINIMUMS = {"vocab_size": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "n_kv_heads": 1,
+                   "head_dim": 2, "d_ffn": 1, "max_len": 1}
+_MINIMUMS = {"predictor.head_hidden": 1, "predictor.max_prompt_len": 1,
+             "pruning.bisection_iters": 1, "pruning.temperature_anneal_steps": 0,
+             "data.seq_len": 1, "data.global_batch_size": 1, "data.cpt_chunk_len": 1,
+             "data.eval_examples_per_task": 1, "optimizer.warmup_steps": 0, "train.steps": 0,
+             "train.log_every": 1, "train.eval_every": 0, "checkpoint.every_steps": 1,
+             "checkpoint.keep": 1}
+# Rates and temperatures: a NaN or a negative value trains nothing useful (or divides by zero).
+_POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end")
+_NON_NEGATIVE_FLOATS = ("optimizer.lr_llm", "optimizer.lr_predictor", "optimizer.weight_decay",
+                        "optimizer.grad_clip_norm", "pruning.balance_weight")
+
+
+def _get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_ranges(cfg: ExperimentConfig) -> None:
+    minimums = dict(_MINIMUMS)
+    for section in ("model", "predictor.backbone"):
+        minimums.update({f"{section}.{k}": v for k, v in _SHAPE_MINIMUMS.items()})
+    for key, low in minimums.items():
+        if _get_dotted(cfg, key) < low:
+            raise ConfigError(f"{key}={_get_dotted(cfg, key)} must be >= {low}; set {key} to "
+                              f"{low} or more")
+    for key in _POSITIVE_FLOATS + _NON_NEGATIVE_FLOATS:
+        value = _get_dotted(cfg, key)
+        positive = key in _POSITIVE_FLOATS
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ConfigError(f"{key}={value} must be a finite number "
+                              f"{'> 0' if positive else '>= 0'}")
+
+
 def validate(cfg: ExperimentConfig) -> None:
-    """Cross-field checks owned by the parent (shared sizes)."""
+    """Cross-field checks owned by the parent (shared sizes), after each value's range."""
+    _check_ranges(cfg)
     m = cfg.model
     if cfg.pruning.mode != "dense" and not 0 < cfg.pruning.keep_k <= m.d_ffn:
         raise ConfigError(
@@ -267,8 +307,20 @@ def from_dict(cls: type, d: dict, path: str = "") -> Any:
 
 
 def load_json(path: str) -> ExperimentConfig:
-    with open(path) as f:
-        return from_dict(ExperimentConfig, json.load(f))
+    """A config JSON file; malformed, truncated or non-UTF-8 text is a one-line ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid UTF-8 JSON ({type(e).__name__}): it was edited "
+                          f"or cut short; restore the config `ifp train` wrote there") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a JSON object (a resolved config), not "
+                          f"{type(d).__name__}")
+    try:
+        return from_dict(ExperimentConfig, d)
+    except ConfigError as e:  # name the file: the key may be one the user never typed
+        raise ConfigError(f"{path}: {e}") from None
 
 
 WORKDIR_CONFIG = "config.json"  # the resolved config a run writes into its workdir

@@ -5,7 +5,7 @@ it kills with SIGKILL `kills` times, rerunning the same command after each kill 
 attempt runs to the end. Each kill targets one phase:
   startup  a random moment after launch (imports, compilation, restore of the last checkpoint),
   step     a few ms after a step's log line (the next steps are running),
-  save     0-250 ms after the log line of a checkpoint step (the async save is being written),
+  save     50-400 ms after the log line of a checkpoint step (the async save is being written),
   eval     0.5-4 s after the log line of an evaluation step (the held-out evaluation is running).
 With 2 processes a kill takes process 0, process 1 or both (a lost host); a survivor must exit on
 its own within the heartbeat bound. At the end, every per-step loss the killed run logged
@@ -42,6 +42,7 @@ STEPS, SAVE_EVERY, EVAL_EVERY = 60, 3, 10
 DEVICES_PER_PROCESS = 2
 HEARTBEAT = 10  # seconds: how long a survivor may wait for a killed peer
 ATTEMPT_TIMEOUT = 900  # seconds: an attempt that neither ends nor gets killed is a hang
+PHASES = ("startup", "step", "save", "eval")
 _STEP_LINE = re.compile(r"^\[tiny_multiskill\] step (\d+)/\d+ \| (loss|eval-EM)")
 
 
@@ -53,15 +54,20 @@ class Kill:
     delay: float  # seconds after that line (startup: after launch)
 
     def describe(self) -> str:
+        kind = {"step": "plain", "save": "checkpoint", "eval": "evaluation"}.get(self.phase)
         where = ("after launch" if self.phase == "startup"
-                 else f"after the {self.occurrence}. {self.phase} step's log line")
+                 else f"after this attempt's {_ordinal(self.occurrence)} {kind} step's log line")
         return f"{self.phase:7s} kill process(es) {self.victims} {self.delay:.3f}s {where}"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n, 'th') }"
 
 
 def plan(kills: int, processes: int, seed: int) -> list[Kill]:
     """`kills` kills spread over the four phases (each at least twice for kills >= 8)."""
     rng = random.Random(seed)
-    phases = ["startup", "step", "save", "eval"] * (kills // 4)
+    phases = list(PHASES) * (kills // 4)
     phases += rng.sample(["step", "save", "save", "eval"], kills - len(phases))
     rng.shuffle(phases)
     out = []
@@ -69,7 +75,7 @@ def plan(kills: int, processes: int, seed: int) -> list[Kill]:
         victims = (0,) if processes == 1 else rng.choice([(0,), (1,), (0, 1)])
         occurrence, delay = {"startup": (0, rng.uniform(3.0, 40.0)),
                              "step": (rng.randint(1, 4), rng.uniform(0.0, 0.05)),
-                             "save": (rng.randint(1, 2), rng.uniform(0.0, 0.25)),
+                             "save": (rng.randint(1, 2), rng.uniform(0.05, 0.4)),
                              "eval": (1, rng.uniform(0.5, 4.0))}[phase]
         out.append(Kill(phase, victims, occurrence, delay))
     return out

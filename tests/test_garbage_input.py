@@ -1,12 +1,16 @@
-"""Generated garbage thrown at the config parser and the JSONL readers (hypothesis): every input
-either parses or fails with a one-line ConfigError/DataError; never another exception."""
+"""Generated garbage thrown at the config parser, the JSONL readers and `ifp train` (hypothesis):
+every input either parses or fails with a one-line ConfigError/DataError, never another
+exception, and a rejected `ifp train` leaves no workdir."""
 
 import json
+import os
 import string
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import experiments
+from ifp_jax import cli
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, to_dict, validate
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.user_tasks import is_multitask, read_jsonl, read_user_tasks
@@ -66,3 +70,32 @@ def test_jsonl_files_parse_or_fail_in_one_line(tmp_path_factory, lines):
         assert all(isinstance(e["prompt"], str) and e["prompt"].strip() for e in examples)
     if is_multitask(str(path)):  # lines with "task": the multi-task reader and its checks
         _one_line_or_ok(read_user_tasks, str(path), errors=(DataError,))
+
+
+def _fails_to_parse(items) -> bool:
+    try:
+        apply_overrides(experiments.get("tiny_multiskill"), items)
+    except ConfigError:
+        return True
+    return False
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
+@given(st.lists(override, min_size=1, max_size=3), st.booleans())
+def test_garbage_overrides_stop_train_in_one_line_without_a_workdir(tmp_path_factory, capsys,
+                                                                    items, after):
+    """`ifp train` with overrides that do not parse: exit 2, one line, and no workdir (only
+    rejected overrides are drawn: accepted ones would start a real run). Overrides go before
+    --workdir or after it; after it, argparse itself refuses a word without '='."""
+    assume(not any(item.startswith("-") for item in items))  # argparse options, not overrides
+    assume(not after or all("=" in item for item in items))
+    assume(_fails_to_parse(items))
+    workdir = str(tmp_path_factory.mktemp("garbage_train") / "run")
+    argv = (["--workdir", workdir, *items] if after else [*items, "--workdir", workdir])
+    code = cli.main(["train", "tiny_multiskill", *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("ifp: error: ") and err.count("\n") == 1, err
+    assert not os.path.exists(workdir)

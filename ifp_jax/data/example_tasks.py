@@ -15,6 +15,7 @@ import os
 from ifp_jax.data import skills
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tasks import JSONL_HELD_OUT_EVERY
+from ifp_jax.safe_names import plain_name
 
 
 def write_example_tasks(out: str, num_tasks: int = 10, examples_per_task: int = 2000,
@@ -27,6 +28,8 @@ def write_example_tasks(out: str, num_tasks: int = 10, examples_per_task: int = 
     if examples_per_task < JSONL_HELD_OUT_EVERY:
         raise DataError(f"--examples {examples_per_task}: a task needs at least "
                         f"{JSONL_HELD_OUT_EVERY} (every 20th is held out)")
+    for name in names[:num_tasks]:  # each becomes DIR/<name>.jsonl
+        plain_name(name, "skill name", DataError)
     os.makedirs(out, exist_ok=True)
     held = examples_per_task // JSONL_HELD_OUT_EVERY
     paths, manifest = [], {}

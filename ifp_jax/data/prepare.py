@@ -30,6 +30,7 @@ from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, prepared, tasks
 from ifp_jax.data.errors import DataError
 from ifp_jax.data.tf_import import seqio
+from ifp_jax.safe_names import plain_name
 
 PLAN = "prepare.json"  # the fingerprint and process count a (partial) preparation was started with
 
@@ -122,6 +123,9 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_inde
     if not 0 <= process_index < process_count:
         raise DataError(f"--process-index {process_index} must be in 0..{process_count - 1}")
     fp = fingerprint(data_cfg, predictor_max_len)
+    names = list(fp["tasks"])
+    splits = {name: list(seqio.get_mixture_or_task(name).splits) for name in names}
+    _check_path_names(splits)
     plan = {"fingerprint": fp, "process_count": process_count,
             "examples_per_file": examples_per_file}
     os.makedirs(out, exist_ok=True)
@@ -138,13 +142,20 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_inde
         with open(tmp, "w") as f:
             json.dump(plan, f, indent=1)
         os.replace(tmp, plan_path)
-    names = list(fp["tasks"])
-    splits = {name: list(seqio.get_mixture_or_task(name).splits) for name in names}
     for name in names:
         for split in splits[name]:
             _prepare_part(out, name, split, process_index, process_count, predictor_max_len,
                           data_cfg.seq_len, examples_per_file, log)
     return _write_manifest_if_complete(out, fp, splits, process_count)
+
+
+def _check_path_names(splits: dict[str, list[str]]) -> None:
+    """Task and split names become OUT/<task>/<split>/: a SeqIO name may hold '..' (its names
+    allow dots), so each is checked before anything is written."""
+    for name, task_splits in splits.items():
+        plain_name(name, "task name", DataError)
+        for split in task_splits:
+            plain_name(split, f"split name of task '{name}'", DataError)
 
 
 def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) -> dict | None:

@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from ifp_jax.data.errors import DataError
+from ifp_jax.safe_names import inside
 
 FORMAT = "ifp-contract-int32-v1"
 MANIFEST = "manifest.json"
@@ -161,7 +162,9 @@ class PreparedSplit:
                             f"'{task}'; prepare the mixture that contains it")
         self.paths, self.examples, self.skipped_files = [], 0, []
         for name, count, size in zip(entry["files"], entry["file_examples"], entry["bytes"]):
-            path = os.path.join(directory, name)
+            # A copied or downloaded manifest must not send the reader outside the directory.
+            path = os.path.join(directory, inside(name, f"{directory}/{MANIFEST} file",
+                                                  DataError))
             actual = os.path.getsize(path) if os.path.exists(path) else None
             if actual == size:
                 self.paths.append(path)

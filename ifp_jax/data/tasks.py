@@ -346,6 +346,14 @@ def register_all(data_cfg: DataConfig, predictor_max_len: Optional[int] = None) 
     _add_mixture("ifp_facts", [(t, 1.0) for t in fact_tasks])
 
 
+def check_mixture(data_cfg: DataConfig) -> None:
+    """Registers the tasks and resolves the mixture, so that a data error of the config (an
+    unknown mixture or task, a bad JSONL file or task directory, missing text files) is raised
+    before `ifp train` creates or touches its workdir."""
+    register_all(data_cfg)
+    mixture_rates(data_cfg)
+
+
 def closest_name(name: str, known: list[str]) -> str:
     """'did you mean X?' for the closest of `known` (difflib), else the list of known names."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.3)

@@ -27,8 +27,9 @@ from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config, r
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.eval.evaluate import MASKS, EvalResult, evaluate
 from ifp_jax.eval.mask_analysis import write_mask_report
-from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.safe_names import plain_name
 from ifp_jax.train.state import build_model, params_layout
+from ifp_jax.workdir_params import restore_params
 
 
 def default_mask(cfg: ExperimentConfig) -> str:
@@ -55,6 +56,9 @@ def _selection_mode(mask: str, cfg: ExperimentConfig) -> tuple[str, bool]:
 
 
 def _suffix(mask: str, eval_mask: str, split: str) -> str:
+    """The name part of DIR/eval_<suffix>.json and DIR/masks_<suffix>/ (the split is the user's
+    --split: never a path)."""
+    plain_name(split, "--split", ConfigError)
     return f"{mask}_{eval_mask}" + ("" if split == "validation" else f"_{split}")
 
 
@@ -101,7 +105,7 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
     check_split(split, names + text_names)  # before any model work
     mesh = shd.make_mesh(cfg.mesh)
     model = build_model(cfg)
-    step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
+    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
     result = evaluate(model, params, cfg, mesh, names, mode=mode, per_task=per_task,
                       split=split, text_task_names=text_names)
     suffix = _suffix(mask, cfg.pruning.eval_mask, split)

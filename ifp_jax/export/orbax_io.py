@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ifp_jax.config import ConfigError, ModelConfig, from_dict, to_dict
+from ifp_jax.safe_names import plain_name
 
 MODEL_FILE = "ifp_model.json"
 
@@ -27,14 +28,21 @@ def save_exported(out_dir: str, cfg: ModelConfig, params: dict, vocabulary: str,
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if vocabulary != "byte":  # self-contained: keep a copy beside the params
-        local = os.path.join(out_dir, os.path.basename(vocabulary))
-        shutil.copyfile(vocabulary, local)
-        vocabulary = os.path.basename(vocabulary)
+        source = vocabulary_file(vocabulary)
+        vocabulary = os.path.basename(source)
+        shutil.copyfile(source, os.path.join(out_dir, vocabulary))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(out_dir, "params"), params)
     with open(os.path.join(out_dir, MODEL_FILE), "w") as f:
         json.dump({"model": to_dict(cfg), "vocabulary": vocabulary, "metadata": metadata}, f,
                   indent=2, sort_keys=True)
+
+
+def vocabulary_file(spec: str) -> str:
+    """The file of a file-based vocabulary spec: a directory stands for its tokenizer.json (as
+    for every reader of data.vocabulary), so the copy has a plain file name."""
+    path = os.path.expanduser(spec)
+    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
 
 
 def load_exported(path: str) -> tuple[ModelConfig, dict, str]:
@@ -46,20 +54,69 @@ def load_exported(path: str) -> tuple[ModelConfig, dict, str]:
         path = os.path.join(path, "orbax")
     meta = read_manifest(path)
     cfg = from_dict(ModelConfig, meta["model"])
+    params_dir = os.path.join(path, "params")
+    if not os.path.isdir(params_dir):
+        raise ConfigError(f"{params_dir} not found: the export is incomplete; export it again")
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(path, "params"))
+        params = ckptr.restore(params_dir)
     params = _to_numpy(params)
+    check_tensors(path, cfg, params)
     vocab = meta["vocabulary"]
     return cfg, params, vocab if vocab == "byte" else os.path.join(path, vocab)
 
 
 def read_manifest(path: str) -> dict:
+    """DIR/ifp_model.json, checked: a model section, and a vocabulary that is 'byte' or a file
+    beside it (a downloaded export must not name a file elsewhere)."""
     file = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(file):
         raise ConfigError(f"{path} is not an ifp_jax export (no {MODEL_FILE}); pass the --out "
                           f"directory of `ifp export` or its orbax/ sub-directory")
-    with open(file) as f:
-        return json.load(f)
+    try:
+        with open(file, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file} is not valid UTF-8 JSON ({type(e).__name__}); export the "
+                          f"model again") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict)
+            and isinstance(meta.get("vocabulary"), str)):
+        raise ConfigError(f"{file} must be an object with a 'model' section and a "
+                          f"'vocabulary' string; export the model again")
+    if meta["vocabulary"] != "byte":
+        plain_name(meta["vocabulary"], f"{file}: vocabulary", ConfigError)
+    return meta
+
+
+def _flat_shapes(tree, prefix: str = "") -> dict[str, tuple]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _flat_shapes(sub, f"{prefix}{key}/").items()}
+    return {prefix.rstrip("/"): tuple(np.shape(tree))}
+
+
+def check_tensors(path: str, cfg: ModelConfig, params: dict) -> None:
+    """One-line ConfigError naming the first missing, extra or misshapen tensor of an exported
+    model against the decoder its ifp_model.json describes."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from ifp_jax.model.decoder import Decoder
+    want = _flat_shapes(nn.meta.unbox(jax.eval_shape(lambda: Decoder(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]))
+    got = _flat_shapes(params)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [k for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+    fix = "the export is damaged or from another version; export it again"
+    if missing:
+        raise ConfigError(f"{path} lacks {len(missing)} tensor(s) its {MODEL_FILE} needs, "
+                          f"e.g. {missing[0]}; {fix}")
+    if extra:
+        raise ConfigError(f"{path} holds {len(extra)} tensor(s) its {MODEL_FILE} has no place "
+                          f"for, e.g. {extra[0]}; {fix}")
+    if wrong:
+        raise ConfigError(f"{path}: tensor {wrong[0]} has shape {got[wrong[0]]}, its "
+                          f"{MODEL_FILE} needs {want[wrong[0]]}; {fix}")
 
 
 def _to_numpy(tree):

@@ -57,13 +57,13 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     from ifp_jax.export import manifest
     from ifp_jax.export.selection import predictor_tokens, select_units
     from ifp_jax.export.small_model import gather_small_decoder, to_host
-    from ifp_jax.train import checkpoint as ckpt_lib
     from ifp_jax.train.state import build_model, params_layout
+    from ifp_jax.workdir_params import restore_params
     from ifp_jax import sharding as shd
 
     model = build_model(cfg)
     mesh = shd.make_mesh(cfg.mesh)
-    step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
+    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
     tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), text,
                               cfg.predictor.max_prompt_len)
     selection = select_units(model, params, cfg, tokens, eval_mask)

@@ -16,6 +16,7 @@ vocabulary.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import Any, NamedTuple
@@ -43,14 +44,14 @@ def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     from ifp_jax import sharding as shd
     from ifp_jax.data.light_vocab import get_light_vocabulary
     from ifp_jax.export.selection import Selector, predictor_tokens
-    from ifp_jax.train import checkpoint as ckpt_lib
     from ifp_jax.config import load_workdir_config
     from ifp_jax.train.state import build_model, params_layout
+    from ifp_jax.workdir_params import restore_params
 
     cfg = load_workdir_config(workdir)
     mesh = shd.make_mesh(cfg.mesh)
     model = build_model(cfg)
-    step, params = ckpt_lib.restore_latest_params(workdir, params_layout(model, cfg, mesh))
+    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
     vocab = get_light_vocabulary(cfg.data.vocabulary)
     tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), prompt,
                               cfg.predictor.max_prompt_len)
@@ -73,23 +74,40 @@ def from_exported(model_dir: str, prompt: str) -> Generator:
 
     model_cfg, params, vocab_spec = load_exported(model_dir)
     vocab = get_light_vocabulary(vocab_spec)
+    if vocab.vocab_size > model_cfg.vocab_size:  # a larger id would be clamped silently
+        from ifp_jax.config import ConfigError
+        raise ConfigError(f"{model_dir}: its vocabulary has {vocab.vocab_size} ids but the "
+                          f"model has vocab_size={model_cfg.vocab_size}; export the model again "
+                          f"with the vocabulary it was trained with")
     return Generator(params, model_cfg, None, vocab, _decoder_prompt(vocab, prompt),
                      jnp.float32, f"{model_dir} (exported, d_ffn={model_cfg.d_ffn})")
 
 
-def _cmd_generate(args) -> None:
+def check_settings(args) -> None:
+    """One-line ConfigError naming the flag and its valid range, before any model is read."""
     from ifp_jax.config import ConfigError
-    from ifp_jax.infer.generate import stream
 
     if not args.prompt:
         raise ConfigError("--prompt is empty: give the text to continue")
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise ConfigError("--temperature must be >= 0 and --top-p in (0, 1]")
+    # `not x >= 0` (rather than `x < 0`) also refuses NaN; inf would scale every logit to 0.
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise ConfigError(f"--temperature={args.temperature} must be a finite number >= 0 "
+                          f"(0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p={args.top_p} must be in (0, 1] (1 = the whole vocabulary)")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed={args.seed} must be in 0..{2**32 - 1}")
     if args.model and args.eval_mask:
         raise ConfigError("--eval-mask applies to --workdir runs; an exported model's mask is "
                           "folded into its weights")
+
+
+def _cmd_generate(args) -> None:
+    from ifp_jax.infer.generate import stream
+
+    check_settings(args)
     g = (from_workdir(args.workdir, args.prompt, args.eval_mask) if args.workdir
          else from_exported(args.model, args.prompt))
     if args.verbose:

@@ -20,7 +20,10 @@ a 9B source never load its Adam moments.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
 import sys
 from typing import Any
 
@@ -37,6 +40,14 @@ CONFIG_FILE = config_lib.WORKDIR_CONFIG
 STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
 
 
+GB = 1e9
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (disk full, quota, permissions): the run stops
+    with one line; the checkpoints already finished are untouched."""
+
+
 class Checkpointer:
     """Thin wrapper over orbax.CheckpointManager: save/restore state + data position."""
 
@@ -45,6 +56,9 @@ class Checkpointer:
         self.checksum_dir = os.path.join(os.path.abspath(workdir), "checksums")
         self.verify = cfg.verify
         self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
+        self._in_flight: int | None = None  # the step an async save is writing
+        self._failed = False
+        _quiet_write_failure_reports()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -55,16 +69,45 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: dict) -> None:
         """Starts an (async) save; returns before the write completes when async is on. The
-        previous save is finished first (orbax allows one in flight) and its checksums written."""
+        previous save is finished first (orbax allows one in flight) and its checksums written.
+        A save that cannot be written raises CheckpointWriteError, before writing anything when
+        the disk has less free space than the state's size."""
         self._record_finished()
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        need = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            self._fail(step, f"{free / GB:.3g} GB free, the state needs {need / GB:.3g} GB; "
+                             f"nothing of it was written")
+        self._in_flight = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=True)
+        except Exception as e:  # noqa: BLE001 - any write failure stops the run, with its cause
+            self._fail(step, _cause(e))
+
+    def _fail(self, step: int, cause: str) -> None:
+        self._failed = True
+        intact = [s for s in self.manager.all_steps() if s != step]
+        kept = (f"the newest intact checkpoint is step {max(intact)}, where a rerun resumes"
+                if intact else "no earlier checkpoint exists")
+        raise CheckpointWriteError(
+            f"checkpoint step {step} could not be written in {self.directory} ({cause}); the "
+            f"run stopped and {kept}; free space (or set checkpoint.keep lower) and rerun")
 
     def _record_finished(self) -> None:
         """Checksums of this process's files of every finished step that has none yet."""
-        self.manager.wait_until_finished()
-        if not self.verify:
-            return
+        try:
+            self.manager.wait_until_finished()
+            if self.verify:
+                self._write_checksums()
+        except CheckpointWriteError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an async write failure surfaces here
+            self._fail(self._in_flight, _cause(e))
+        self._in_flight = None
+
+    def _write_checksums(self) -> None:
         process = jax.process_index()
         steps = self.manager.all_steps()
         for step in steps:
@@ -126,8 +169,61 @@ class Checkpointer:
         self._record_finished()
 
     def close(self) -> None:
-        self._record_finished()
-        self.manager.close()
+        """Finishes the save in flight; after a failed save, only releases orbax's threads
+        (the failure was already raised)."""
+        if not self._failed:
+            self._record_finished()
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001 - orbax re-raises the write failure we reported
+            if not self._failed:
+                raise
+
+
+_OS_ERROR = re.compile(r"([^:\[\]]+?)\s*\[os_error_code='(\d+)'\]")
+
+
+def _cause(e: BaseException) -> str:
+    """The innermost error, short: tensorstore's OS error text (e.g. 'No space left on device,
+    errno 28') when there is one, else its type and first line."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e)
+    os_error = _OS_ERROR.search(text)
+    if os_error:
+        return f"{os_error.group(1).strip()}, errno {os_error.group(2)}"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _quiet_write_failure_reports() -> None:
+    """A failed async write is reported by our one line (CheckpointWriteError); orbax also logs
+    it at ERROR with a traceback per thread, and tensorstore completes the save's other writes
+    on an event loop orbax has already closed, each printing `RuntimeError: Event loop is
+    closed` with a traceback (through sys.excepthook). Keep orbax's messages without their
+    tracebacks (all of them with IFP_DEBUG=1) and drop the closed-loop reports."""
+    if os.environ.get("IFP_DEBUG"):
+        return
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _NoOrbaxTracebacks) for f in absl.filters):
+        absl.addFilter(_NoOrbaxTracebacks())
+    previous = sys.excepthook
+    if getattr(previous, "ifp_quiet", False):
+        return
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+    hook.ifp_quiet = True
+    sys.excepthook = hook
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" in record.pathname and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -1,0 +1,23 @@
+"""SIGKILL chaos (tests/chaos.py): 10 kills during start-up, steps, async saves and evaluations,
+with 1 and with 2 processes; the rerun ends bitwise where an uninterrupted run ends.
+
+Marked slow (`make test-all`): on 2 cores the 1-process scenario takes about 11 minutes and the
+2-process one about MINUTES_2P minutes (each restart re-imports TensorFlow/JAX and reads the XLA
+compilation cache).
+"""
+
+import pytest
+
+from tests import chaos
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_at_random_moments_resumes_bitwise(tmp_path, processes):
+    report = chaos.run(str(tmp_path), processes=processes, kills=10, seed=processes)
+    assert len(report) == 10
+    assert all(": killed at " in line for line in report), "\n".join(report)
+    phases = [line.split()[0] for line in report]
+    assert all(phases.count(p) >= 2 for p in chaos.PHASES), phases
+    evals = [line for line in report if line.startswith("eval")]
+    assert all("evaluation was running" in line for line in evals), "\n".join(evals)

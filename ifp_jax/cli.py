@@ -272,13 +272,11 @@ def _other_jax_plugins() -> bool:
 
 def _is_user_error(e: Exception) -> bool:
     """Errors with a one-line message naming the fix: bad config or data, a missing file, a
-    checkpoint the disk could not take (its module is only loaded by the commands that save)."""
+    checkpoint the disk could not take."""
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError
-    kinds = [ConfigError, DataError, FileNotFoundError]
-    if "ifp_jax.train.checkpoint" in sys.modules:
-        kinds.append(sys.modules["ifp_jax.train.checkpoint"].CheckpointWriteError)
-    return isinstance(e, tuple(kinds))
+    from ifp_jax.train.save_errors import CheckpointWriteError
+    return isinstance(e, (ConfigError, DataError, FileNotFoundError, CheckpointWriteError))
 
 
 def main(argv: list[str] | None = None) -> int:

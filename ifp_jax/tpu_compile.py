@@ -48,6 +48,7 @@ class CompileReport:
     compile_seconds: float
     compute_dtype: str
     attention: str
+    checkpoint_gb: float = 0.0  # one checkpoint on disk: params + optimizer state, all devices
 
     @property
     def fits(self) -> bool:
@@ -79,6 +80,7 @@ def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
     """AOT-compiles cfg's train step for slice `s`; the figures are per device (chip or core)."""
     from ifp_jax.data import tasks
     from ifp_jax.train.compiled import compile_train_step
+    from ifp_jax.train import preflight
     from ifp_jax.train.optim import make_optimizer
     from ifp_jax.train.state import build_model, state_layout
 
@@ -126,7 +128,8 @@ def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
         model_flops_per_step=model_flops, model_flops_per_device=per_device,
         compiler_flops_per_device=compiler_flops, compiler_seconds=compiler_s,
         compiler_counts_all_layers=complete, implied_mfu=mfu, compile_seconds=seconds,
-        compute_dtype=jax.numpy.dtype(model.dtype).name, attention=model.model_cfg.attention)
+        compute_dtype=jax.numpy.dtype(model.dtype).name, attention=model.model_cfg.attention,
+        checkpoint_gb=preflight.state_bytes(layout.abstract) / preflight.GB)
 
 
 def format_report(r: CompileReport, cfg: ExperimentConfig) -> str:
@@ -144,6 +147,9 @@ def format_report(r: CompileReport, cfg: ExperimentConfig) -> str:
         f" -> {'fits' if r.fits else 'DOES NOT FIT'}",
         f"  model FLOPs per step {r.model_flops_per_step:.3e} ({r.model_flops_per_device:.3e} per "
         f"{unit})",
+        f"  checkpoint disk: {r.checkpoint_gb:.3g} GB per checkpoint (params and optimizer "
+        f"state), {(cfg.checkpoint.keep + 1) * r.checkpoint_gb:.3g} GB at peak "
+        f"(checkpoint.keep={cfg.checkpoint.keep}, +1 while the newest is written)",
     ]
     if r.compiler_flops_per_device is not None:
         secs = "no time estimate" if r.compiler_seconds is None else f"{r.compiler_seconds:.3f} s"

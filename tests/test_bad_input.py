@@ -189,13 +189,15 @@ SMALL = dataclasses.replace(TINY_MODEL, d_ffn=16)
 
 
 def _decoder_params(cfg: ModelConfig) -> dict:
+    """Zeros in the decoder's params layout (traced, not compiled: only the shapes matter)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
     from ifp_jax.model.decoder import Decoder
-    params = Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(params))
+    shapes = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0),
+                                                      jnp.zeros((1, 4), jnp.int32)))["params"]
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, np.float32), nn.meta.unbox(shapes))
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,10 @@ def test_tiny_config_compiles_for_v5e_4_and_reports_memory(tiny_v5e_report):
     assert r.model_flops_per_step > 0 and r.compute_dtype == "bfloat16"  # auto -> bf16 on TPU
     text = tpu_compile.format_report(r, cfg)
     assert "per-chip memory (GiB): arguments" in text and "fits" in text
+    # The checkpoint holds the state once; with 'data' replication each chip's arguments hold
+    # the whole state plus its share of the batch.
+    assert 0.5 * r.argument_gib * 1.073741824 < r.checkpoint_gb < r.argument_gib * 1.073741824
+    assert f"checkpoint disk: {r.checkpoint_gb:.3g} GB per checkpoint" in text
 
 
 def test_splash_attention_compiles_for_tpu():

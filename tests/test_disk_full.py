@@ -20,6 +20,7 @@ import pytest
 from ifp_jax.config import CheckpointConfig
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train import checksums
+from ifp_jax.train.save_errors import CheckpointWriteError
 from tests.helpers import TINY_OVERRIDES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +74,7 @@ def test_a_disk_with_less_free_space_than_the_state_refuses_the_save_before_writ
     real = ckpt_lib.shutil.disk_usage
     monkeypatch.setattr(ckpt_lib.shutil, "disk_usage",
                         lambda p: real(p)._replace(free=100_000))
-    with pytest.raises(ckpt_lib.CheckpointWriteError,
+    with pytest.raises(CheckpointWriteError,
                        match=r"checkpoint step 2 could not be written .*0\.0001 GB free, the "
                              r"state needs 0\.000262 GB; nothing of it was written.*newest "
                              r"intact checkpoint is step 1"):

@@ -20,9 +20,7 @@ a 9B source never load its Adam moments.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 import shutil
 import sys
 from typing import Any
@@ -34,6 +32,7 @@ import jax
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
+from ifp_jax.train.save_errors import CheckpointWriteError, quiet_orbax_tracebacks, short_cause
 
 CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
@@ -41,11 +40,6 @@ STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode
 
 
 GB = 1e9
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint that could not be written (disk full, quota, permissions): the run stops
-    with one line; the checkpoints already finished are untouched."""
 
 
 class Checkpointer:
@@ -58,7 +52,7 @@ class Checkpointer:
         self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
         self._in_flight: int | None = None  # the step an async save is writing
         self._failed = False
-        _quiet_write_failure_reports()
+        quiet_orbax_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -84,7 +78,7 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
                 force=True)
         except Exception as e:  # noqa: BLE001 - any write failure stops the run, with its cause
-            self._fail(step, _cause(e))
+            self._fail(step, short_cause(e))
 
     def _fail(self, step: int, cause: str) -> None:
         self._failed = True
@@ -104,7 +98,7 @@ class Checkpointer:
         except CheckpointWriteError:
             raise
         except Exception as e:  # noqa: BLE001 - an async write failure surfaces here
-            self._fail(self._in_flight, _cause(e))
+            self._fail(self._in_flight, short_cause(e))
         self._in_flight = None
 
     def _write_checksums(self) -> None:
@@ -178,52 +172,6 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - orbax re-raises the write failure we reported
             if not self._failed:
                 raise
-
-
-_OS_ERROR = re.compile(r"([^:\[\]]+?)\s*\[os_error_code='(\d+)'\]")
-
-
-def _cause(e: BaseException) -> str:
-    """The innermost error, short: tensorstore's OS error text (e.g. 'No space left on device,
-    errno 28') when there is one, else its type and first line."""
-    while e.__cause__ is not None or e.__context__ is not None:
-        e = e.__cause__ or e.__context__
-    text = str(e)
-    os_error = _OS_ERROR.search(text)
-    if os_error:
-        return f"{os_error.group(1).strip()}, errno {os_error.group(2)}"
-    first = text.splitlines()[0][:200] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def _quiet_write_failure_reports() -> None:
-    """A failed async write is reported by our one line (CheckpointWriteError); orbax also logs
-    it at ERROR with a traceback per thread, and tensorstore completes the save's other writes
-    on an event loop orbax has already closed, each printing `RuntimeError: Event loop is
-    closed` with a traceback (through sys.excepthook). Keep orbax's messages without their
-    tracebacks (all of them with IFP_DEBUG=1) and drop the closed-loop reports."""
-    if os.environ.get("IFP_DEBUG"):
-        return
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _NoOrbaxTracebacks) for f in absl.filters):
-        absl.addFilter(_NoOrbaxTracebacks())
-    previous = sys.excepthook
-    if getattr(previous, "ifp_quiet", False):
-        return
-
-    def hook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        previous(kind, value, tb)
-    hook.ifp_quiet = True
-    sys.excepthook = hook
-
-
-class _NoOrbaxTracebacks(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" in record.pathname and record.exc_info:
-            record.exc_info, record.exc_text = None, None
-        return True
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

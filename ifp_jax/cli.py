@@ -272,11 +272,12 @@ def _other_jax_plugins() -> bool:
 
 def _is_user_error(e: Exception) -> bool:
     """Errors with a one-line message naming the fix: bad config or data, a missing file, a
-    checkpoint the disk could not take."""
+    non-finite loss under train.nan_policy=stop, a checkpoint the disk could not take."""
     from ifp_jax.config import ConfigError
     from ifp_jax.data.errors import DataError
-    from ifp_jax.train.save_errors import CheckpointWriteError
-    return isinstance(e, (ConfigError, DataError, FileNotFoundError, CheckpointWriteError))
+    from ifp_jax.train.run_errors import CheckpointWriteError, NonFiniteLossError
+    return isinstance(e, (ConfigError, DataError, FileNotFoundError, CheckpointWriteError,
+                          NonFiniteLossError))
 
 
 def main(argv: list[str] | None = None) -> int:

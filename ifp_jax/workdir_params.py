@@ -37,12 +37,18 @@ def _stored_params(state_dir: str) -> dict[str, tuple] | None:
         absl.setLevel(level)
 
 
+def _steps(directory: str) -> list[int]:
+    """The saved steps under DIR/checkpoints, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+
+
 def check_matches_config(workdir: str, abstract_params: Any) -> None:
     """One-line ConfigError if the newest checkpoint with readable metadata lacks a parameter
     the workdir's config.json describes, or holds it with another shape."""
     directory = os.path.join(workdir, "checkpoints")
-    steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()),
-                   reverse=True) if os.path.isdir(directory) else []
+    steps = _steps(directory)
     want = {k: tuple(v.shape) for k, v in _flat(abstract_params).items()}
     for step in steps:
         stored = _stored_params(os.path.join(directory, str(step), "state"))
@@ -64,5 +70,8 @@ def check_matches_config(workdir: str, abstract_params: Any) -> None:
 def restore_params(workdir: str, abstract_params: Any) -> tuple[int, Any]:
     """(step, params) of the workdir's latest readable checkpoint, after check_matches_config."""
     from ifp_jax.train import checkpoint as ckpt_lib
+    directory = os.path.join(workdir, "checkpoints")
+    if not _steps(directory):  # before orbax, which would create the directory
+        raise ConfigError(f"no checkpoint in {directory}: run `ifp train` there first")
     check_matches_config(workdir, abstract_params)
     return ckpt_lib.restore_latest_params(workdir, abstract_params)

@@ -18,7 +18,7 @@ import pytest
 from ifp_jax import cli
 from ifp_jax.config import ModelConfig, replace
 from ifp_jax.data.errors import DataError
-from tests.helpers import TINY_MODEL, tiny_config
+from tests.helpers import TINY_MODEL, TINY_OVERRIDES, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,6 @@ def _ifp_error(capsys, *argv: str) -> str:
 ])
 def test_config_values_out_of_range_or_of_the_wrong_type_stop_train_before_the_workdir(
         capsys, tmp_path, override, fragment):
-    from tests.helpers import TINY_OVERRIDES
     workdir = tmp_path / "run"
     err = _ifp_error(capsys, "train", "tiny_multiskill", "--workdir", str(workdir),
                      *TINY_OVERRIDES, override)
@@ -408,6 +407,7 @@ def test_an_export_of_a_run_needs_a_checkpoint(capsys, tmp_path, run):
                      "--out", str(tmp_path / "out"))
     assert "no checkpoint in" in err and "run `ifp train` there first" in err, err
     assert not (tmp_path / "out").exists()
+    assert os.listdir(fresh) == ["config.json"]  # a read-only command: no checkpoints/ made
 
 
 # ----------------------------------------------------------------------------- runs by config

@@ -20,7 +20,7 @@ import pytest
 from ifp_jax.config import CheckpointConfig
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train import checksums
-from ifp_jax.train.save_errors import CheckpointWriteError
+from ifp_jax.train.run_errors import CheckpointWriteError
 from tests.helpers import TINY_OVERRIDES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,7 +32,7 @@ import jax
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
-from ifp_jax.train.save_errors import CheckpointWriteError, quiet_orbax_tracebacks, short_cause
+from ifp_jax.train.run_errors import CheckpointWriteError, quiet_orbax_tracebacks, short_cause
 
 CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).

@@ -28,16 +28,13 @@ from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
 from ifp_jax.train.metrics import MetricsWriter, print_primary
 from ifp_jax.train.optim import make_optimizer
+from ifp_jax.train.run_errors import NonFiniteLossError
 from ifp_jax.train.run_events import RunEvents
 from ifp_jax.train.stage_init import stage_init
 from ifp_jax.train.state import (TrainState, build_model, create_state, state_layout)
 from ifp_jax.train.step import STEP_KEYS
 from ifp_jax.train.teacher import Teacher
 from ifp_jax.train.workdir_lock import WorkdirLock
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 class _Preemption:

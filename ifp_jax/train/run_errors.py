@@ -1,4 +1,5 @@
-"""A checkpoint save that fails (disk full, quota, file-size limit): one short line for the user.
+"""Errors that stop a run with one line (the CLI prints it, no traceback): a non-finite loss under
+train.nan_policy=stop, a checkpoint save that fails (disk full, quota, file-size limit).
 
 Orbax writes arrays through tensorstore from background threads; a failed write reaches us as a
 ValueError whose text carries the OS error deep inside (`... Failed to write 43014 bytes to file
@@ -15,6 +16,10 @@ import os
 import re
 
 _OS_ERROR = re.compile(r"([^:\[\]]+?)\s*\[os_error_code='(\d+)'\]")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf loss or gradient under train.nan_policy=stop; the last checkpoint is intact."""
 
 
 class CheckpointWriteError(RuntimeError):

@@ -1,5 +1,6 @@
 """A trained run's params for the commands that read a workdir (`ifp eval`, `ifp export`,
-`ifp generate`), checked against the workdir's config.json first.
+`ifp generate`, and `ifp train` chaining from an earlier stage), checked against the workdir's
+config.json first.
 
 The newest checkpoint's stored shapes (orbax metadata: no array is read) are compared with the
 params the config describes. Without this, an edited config.json or checkpoints copied from
@@ -67,11 +68,12 @@ def check_matches_config(workdir: str, abstract_params: Any) -> None:
         return
 
 
-def restore_params(workdir: str, abstract_params: Any) -> tuple[int, Any]:
+def restore_params(workdir: str, abstract_params: Any,
+                   hint: str = "run `ifp train` there first") -> tuple[int, Any]:
     """(step, params) of the workdir's latest readable checkpoint, after check_matches_config."""
     from ifp_jax.train import checkpoint as ckpt_lib
     directory = os.path.join(workdir, "checkpoints")
     if not _steps(directory):  # before orbax, which would create the directory
-        raise ConfigError(f"no checkpoint in {directory}: run `ifp train` there first")
+        raise ConfigError(f"no checkpoint in {directory}: {hint}")
     check_matches_config(workdir, abstract_params)
-    return ckpt_lib.restore_latest_params(workdir, abstract_params)
+    return ckpt_lib.restore_latest_params(workdir, abstract_params, hint)

@@ -42,3 +42,26 @@ def test_the_disk_estimate_counts_the_state_and_refuses_what_cannot_fit(tmp_path
     assert "WARNING: fewer than 3 fit: lower checkpoint.keep" in tight
     with pytest.raises(ConfigError, match="one checkpoint needs .* GB; free space"):
         preflight.check_disk(str(tmp_path), one, keep=2, free_bytes=one - 1)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("mesh.data=16", "devices"),  # more devices than there are: found when the mesh is built
+    ("data.prepared_dir={empty}", "ifp data prepare"),  # found when the batches are built
+])
+def test_a_setup_error_leaves_no_workdir_behind(tmp_path, capsys, override, fragment):
+    """`ifp train` writes config.json and its lock before it builds the mesh and the data; an
+    error found there removes the workdir it had just created (an existing one is kept)."""
+    from ifp_jax import cli
+    from tests.helpers import TINY_OVERRIDES
+    (tmp_path / "empty").mkdir()
+    workdir = tmp_path / "run"
+    argv = ["train", "tiny_multiskill", "--workdir", str(workdir), *TINY_OVERRIDES,
+            override.format(empty=tmp_path / "empty")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ifp: error:") and fragment in err[0], err
+    assert not workdir.exists()
+    workdir.mkdir()  # a workdir that existed before the call is left as it was
+    (workdir / "notes.txt").write_text("mine")
+    assert cli.main(argv) == 2
+    assert (workdir / "notes.txt").read_text() == "mine"

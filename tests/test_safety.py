@@ -204,3 +204,26 @@ def test_export_task_names_are_looked_up_never_joined_into_a_path(tmp_path):
                            log=lambda m: None)
     assert sorted(os.listdir(tmp_path)) == ["run"]
     assert os.listdir(tmp_path / "run") == ["config.json"]
+
+
+def test_a_checksum_record_cannot_point_outside_its_checkpoint(tmp_path):
+    """A record naming `../x` or an absolute path marks the step damaged; nothing outside the
+    step is read."""
+    import json
+
+    from ifp_jax.train import checksums
+    step_dir, records = tmp_path / "checkpoints" / "5", tmp_path / "checksums"
+    step_dir.mkdir(parents=True)
+    (step_dir / "a").write_bytes(b"x")
+    checksums.write_record(str(step_dir), str(records), 5, 0)
+    assert checksums.damaged_files(str(step_dir), str(records), 5) == []
+    record = checksums.record_path(str(records), 5, 0)
+    with open(record) as f:
+        data = json.load(f)
+    entry = data["files"]["a"]  # a file with the same bytes and hash sits outside the step
+    (tmp_path / "secret").write_bytes(b"x")
+    for outside in ("../../secret", str(tmp_path / "secret")):
+        data["files"] = {outside: entry}
+        with open(record, "w") as f:
+            json.dump(data, f)
+        assert checksums.damaged_files(str(step_dir), str(records), 5) == [record]

@@ -81,6 +81,9 @@ def damaged_files(step_dir: str, checksum_dir: str, step: int) -> list[str] | No
             bad.append(record)  # the record itself is damaged: do not trust the step
             continue
         for rel, want in sorted(files.items()):
+            if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == "..":
+                bad.append(record)  # a record naming files outside its step was not ours
+                break
             path = os.path.join(step_dir, rel)
             if (not os.path.isfile(path) or os.path.getsize(path) != want["bytes"]
                     or _sha256(path) != want["sha256"]):

@@ -10,6 +10,8 @@ evaluation, profiling: train/hooks.py). Each process feeds only its own rows of 
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import time
 from typing import Any, Sequence
@@ -74,17 +76,25 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
                                "model.vocab_size")
     vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,
                                "data.predictor_vocabulary", "predictor.backbone.vocab_size")
+    created = not os.path.exists(workdir)
     if jax.process_index() == 0:
         preflight.check_workdir_writable(workdir)
     lock = WorkdirLock(workdir)
     lock.acquire()
+    progress = {"training": False}
     try:
-        return _train_locked(cfg, workdir, hooks)
+        return _train_locked(cfg, workdir, hooks, progress)
+    except BaseException:
+        if created and not progress["training"] and jax.process_index() == 0:
+            lock.release()  # a bad mesh, data or source found while setting up: the workdir
+            shutil.rmtree(workdir, ignore_errors=True)  # this call made holds nothing yet
+        raise
     finally:
         lock.release()
 
 
-def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) -> TrainState:
+def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
+                  progress: dict) -> TrainState:
     distributed.on_primary(ckpt_lib.prepare_workdir, workdir, cfg)
     mesh = shd.make_mesh(cfg.mesh)
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
@@ -138,6 +148,7 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook]) ->
     window: dict[str, Any] | None = None
     window_steps, step, data_seconds = 0, start, 0.0
     writer.start_window(start)
+    progress["training"] = True  # from here on the workdir holds the run's own output
     try:
         for hook in all_hooks:
             hook.begin(ctx, step, state)

@@ -9,7 +9,7 @@ import jax
 
 from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
 from ifp_jax.hf import imported
-from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.workdir_params import restore_params
 from ifp_jax.train.metrics import print_primary
 from ifp_jax.train.state import build_model, params_layout
 
@@ -33,7 +33,7 @@ def source_params(workdir: str, mesh, like: Any = None) -> dict:
         return imported.restore_import_params(workdir, abstract)
     src_cfg = load_workdir_config(workdir)
     abstract = params_layout(build_model(src_cfg), src_cfg, mesh)
-    return ckpt_lib.restore_latest_params(workdir, abstract, hint="train that stage first")[1]
+    return restore_params(workdir, abstract, hint="train that stage first")[1]
 
 
 def stage_init(cfg: ExperimentConfig, mesh):

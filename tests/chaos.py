@@ -227,9 +227,12 @@ def _losses(workdir: str) -> dict[int, list[float]]:
 
 def final_params(workdir: str) -> dict:
     """The last checkpoint's params as numpy arrays, flattened to 'path/to/leaf' keys."""
+    import logging
+
     import jax
     import orbax.checkpoint as ocp
     path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # "no step metadata" for a bare item
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
         meta = getattr(meta, "item_metadata", meta)

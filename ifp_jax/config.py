@@ -308,15 +308,9 @@ def from_dict(cls: type, d: dict, path: str = "") -> Any:
 
 def load_json(path: str) -> ExperimentConfig:
     """A config JSON file; malformed, truncated or non-UTF-8 text is a one-line ConfigError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid UTF-8 JSON ({type(e).__name__}): it was edited "
-                          f"or cut short; restore the config `ifp train` wrote there") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} must hold a JSON object (a resolved config), not "
-                          f"{type(d).__name__}")
+    from ifp_jax.json_files import read_object
+    d = read_object(path, ConfigError, "it was edited or cut short: restore the config "
+                                       "`ifp train` wrote there")
     try:
         return from_dict(ExperimentConfig, d)
     except ConfigError as e:  # name the file: the key may be one the user never typed

@@ -81,7 +81,7 @@ def test_the_mixture_registers_each_task_with_its_own_held_out_split(task_dir):
     ({"a.jsonl": ['{"prompt": "a", "response": "b"}'],
       "manifest.json": ['{"a": {"instructions": "x"}}']}, "keys among instruction, rate"),
     ({"a.jsonl": ['{"prompt": "a", "response": "b"}'], "manifest.json": ["{oops"]},
-     "not valid JSON"),
+     "not valid UTF-8 JSON"),
     ({"notes.txt": ["hello"]}, "no \\*.jsonl files"),
 ])
 def test_bad_task_directories_fail_with_one_line_naming_the_fix(tmp_path, files, message):

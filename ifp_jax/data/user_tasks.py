@@ -27,6 +27,7 @@ import os
 import re
 
 from ifp_jax.data.errors import DataError
+from ifp_jax.json_files import read_object
 
 USER_PREFIX = "ifp_user_"
 USER_MIXTURE = "ifp_user"
@@ -107,15 +108,8 @@ def _manifest_path(path: str) -> str:
 def _read_manifest(path: str, tasks: list[str]) -> dict:
     if not os.path.isfile(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e.__class__.__name__}); expected "
-                        f'{{"task": {{"instruction": "...", "rate": 1.0}}}}') from None
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path}: expected an object mapping task names to "
-                        f'{{"instruction": ..., "rate": ...}}')
+    manifest = read_object(path, DataError, 'expected an object mapping task names to '
+                                            '{"instruction": "...", "rate": 1.0}')
     for task, entry in manifest.items():
         if task not in tasks:
             close = difflib.get_close_matches(task, tasks, n=1, cutoff=0.3)

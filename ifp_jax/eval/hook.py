@@ -11,7 +11,7 @@ import os
 
 import jax
 
-from ifp_jax import atomic_file
+from ifp_jax import json_files
 from ifp_jax.data import pipeline
 from ifp_jax.eval.evaluate import evaluate
 
@@ -48,4 +48,4 @@ class EvaluateHeldOut:
             record = {"step": step, "mode": cfg.pruning.mode, "eval_mask": cfg.pruning.eval_mask,
                       "per_task_exact_match": result.per_task, "mean_exact_match": result.mean,
                       "mask_stats": result.mask_stats, "samples": result.samples}
-            atomic_file.write_json(os.path.join(ctx.workdir, EVAL_FILE), record, indent=2)
+            json_files.write_json(os.path.join(ctx.workdir, EVAL_FILE), record, indent=2)

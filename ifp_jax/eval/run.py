@@ -21,7 +21,7 @@ import os
 
 import jax
 
-from ifp_jax import atomic_file
+from ifp_jax import json_files
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config, replace
 from ifp_jax.data import pipeline, tasks
@@ -123,7 +123,7 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
                               os.path.join(workdir, "metrics.jsonl"))
             record["mask_report"] = report_dir
         record = _json_safe(record)
-        atomic_file.write_json(results_path(workdir, mask, cfg.pruning.eval_mask, split), record,
+        json_files.write_json(results_path(workdir, mask, cfg.pruning.eval_mask, split), record,
                                indent=2, allow_nan=False)
         if as_json:
             print(json.dumps(record, allow_nan=False))

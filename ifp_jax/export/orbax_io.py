@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ifp_jax.config import ConfigError, ModelConfig, from_dict, to_dict
+from ifp_jax.json_files import read_object
 from ifp_jax.safe_names import plain_name
 
 MODEL_FILE = "ifp_model.json"
@@ -72,13 +73,8 @@ def read_manifest(path: str) -> dict:
     if not os.path.isfile(file):
         raise ConfigError(f"{path} is not an ifp_jax export (no {MODEL_FILE}); pass the --out "
                           f"directory of `ifp export` or its orbax/ sub-directory")
-    try:
-        with open(file, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file} is not valid UTF-8 JSON ({type(e).__name__}); export the "
-                          f"model again") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict)
+    meta = read_object(file, ConfigError, "export the model again")
+    if not (isinstance(meta.get("model"), dict)
             and isinstance(meta.get("vocabulary"), str)):
         raise ConfigError(f"{file} must be an object with a 'model' section and a "
                           f"'vocabulary' string; export the model again")

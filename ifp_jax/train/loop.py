@@ -3,6 +3,8 @@
 Order of work, so that a bad config or a busy workdir fails before anything is touched:
 lock the workdir -> check and write config.json -> build the state layout (abstract shapes and
 shardings) -> compile the step from it -> restore the latest checkpoint or initialise -> loop.
+An error before the first step removes the workdir if this call created it (nothing of the run
+is in it yet); an existing workdir is never cleaned.
 Per step the loop merges the step's typed metrics into a window; at window ends it computes them
 once on the host, applies the NaN policy, and hands them to the hooks (logging, checkpointing,
 evaluation, profiling: train/hooks.py). Each process feeds only its own rows of every global batch.

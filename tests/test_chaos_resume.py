@@ -1,9 +1,9 @@
 """SIGKILL chaos (tests/chaos.py): 10 kills during start-up, steps, async saves and evaluations,
 with 1 and with 2 processes; the rerun ends bitwise where an uninterrupted run ends.
 
-Marked slow (`make test-all`): on this 2-core VM, shared with other work, the 1-process scenario
-took 11 minutes (652 s) and the 2-process one 22 minutes (1347 s); each restart re-imports
-TensorFlow and JAX and reads the XLA compilation cache.
+Marked slow (`make test-all`): on this 2-core VM the test took 21 minutes (1280 s) with nothing
+else running: 508 s for 1 process and 771 s for 2 (twice that while other work shared the cores);
+each restart re-imports TensorFlow and JAX and reads the XLA compilation cache.
 """
 
 import pytest

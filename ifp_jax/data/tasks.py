@@ -186,15 +186,19 @@ def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
 
     Held out for 'validation': every 20th example (i % 20 == 19, blank lines not counted).
     """
+    fingerprint = None
+    if os.path.isfile(path):  # (a missing file is read_jsonl's one-line error below)
+        stat = os.stat(path)
+        fingerprint = _fingerprint(data_cfg, source_file=[os.path.abspath(path),
+                                                          stat.st_mtime_ns, stat.st_size])
+        if _FINGERPRINTS.get(name) == fingerprint and name in seqio.TaskRegistry.names():
+            return  # registered from this very file already (`ifp train` checks, then trains)
     splits = _held_out_splits(read_jsonl(path))
 
     def dataset_fn(split, shuffle_files=False, seed=None):
         del shuffle_files, seed
         return _prompt_response_dataset(splits[split])
 
-    stat = os.stat(path)
-    fingerprint = _fingerprint(data_cfg, source_file=[os.path.abspath(path), stat.st_mtime_ns,
-                                                      stat.st_size])
     _register_prompt_response(name, fingerprint, data_cfg, dataset_fn)
 
 

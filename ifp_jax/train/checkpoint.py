@@ -32,14 +32,12 @@ import jax
 from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
+from ifp_jax.train.preflight import GB
 from ifp_jax.train.run_errors import CheckpointWriteError, quiet_orbax_tracebacks, short_cause
 
 CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
 STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
-
-
-GB = 1e9
 
 
 class Checkpointer:

@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    if argv is None and args.command not in ("list", "config"):  # a program, not a test's call
+        from ifp_jax.host_malloc import reexec_with_hugepages
+        reexec_with_hugepages()  # once, before any work: XLA:CPU's buffers in huge pages
     if args.command == "compile":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips

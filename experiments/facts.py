@@ -3,7 +3,7 @@ selection beat its rivals where FFN capacity decides (ifp_jax/data/facts.py)?
 
 A 2-layer d = 64 Llama-style LLM with F = 512 FFN units, pruned to k = F/4 = 128 per layer, the
 shape of ../shared/FINDINGS.md's trial. Stages (chained by `ifp compare`):
-  tiny_facts_dense  the dense source on all 12 tables (4,000 steps: 2,500 sufficed for 8)
+  tiny_facts_dense  the dense source on all 8 tables
   tiny_facts        IFP SFT from the source on the same tables (no CPT stage: the mixture has no
                     text; every arm after the source trains the same SFT steps)
 Kernels start at std 0.125 (~1/sqrt(d_model)) rather than Llama's 0.02: at 0.02 this narrow model
@@ -38,7 +38,7 @@ def _base(name: str, mode: str, steps: int, lr: float) -> ExperimentConfig:
                               temperature_end=0.1, temperature_anneal_steps=steps,
                               balance_weight=1.0, eval_mask="lambda"),
         data=DataConfig(mixture="ifp_facts", seq_len=20, global_batch_size=128,
-                        eval_examples_per_task=200,
+                        eval_examples_per_task=250,
                         predictor_instruction_rate=0.5),
         optimizer=OptimizerConfig(lr_llm=lr, lr_predictor=lr, warmup_steps=min(100, steps // 10)),
         checkpoint=CheckpointConfig(every_steps=1000, keep=1),
@@ -48,7 +48,7 @@ def _base(name: str, mode: str, steps: int, lr: float) -> ExperimentConfig:
 
 @register("tiny_facts_dense")
 def tiny_facts_dense() -> ExperimentConfig:
-    return _base("tiny_facts_dense", "dense", steps=4000, lr=3e-3)
+    return _base("tiny_facts_dense", "dense", steps=2500, lr=3e-3)
 
 
 @register("tiny_facts")

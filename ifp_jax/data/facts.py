@@ -1,18 +1,14 @@
 """Embedded fact-lookup tasks: the mixture on which FFN pruning can be told apart from its rivals.
 
-Each of 12 tasks is a random table: 512 keys -> one of 32 value symbols, drawn once from a fixed
+Each of 8 tasks is a random table: 512 keys -> one of 32 value symbols, drawn once from a fixed
 seed. A prompt asks for one key of each of two slots and the response is their two values:
 ``"color of aq D7 =" -> "l1"``. Tables share no structure, so answering needs the facts
 themselves, stored in the LLM's weights (FFN capacity), not an algorithm attention can run
-(copying, reordering: the embedded skills, on which any k retrained units do as well). 12 x 512 =
-6,144 facts: a d_ffn = 512 source learns them within the comparison's budget and a d_ffn = 128
+(copying, reordering: the embedded skills, on which any k retrained units do as well). 8 x 512 =
+4,096 facts: a d_ffn = 512 source learns them within the comparison's budget and a d_ffn = 128
 model, trained longer, does not (the dense-full vs dense-small arms of `ifp compare` check this),
-while one task's 512 facts are a twelfth of the load: exactly where a per-task selection of
+while one task's 512 facts are a quarter of the load: exactly where a per-task selection of
 k = F/4 units should win (../shared/FINDINGS.md's trial: IFP 0.67-0.80 vs static 0.11-0.13).
-Why 12 tables and not 8 (the first version): with 8 (4,096 facts) the 128 units a static mask
-keeps relearned nearly all of them (0.951 held-out exact match against IFP's 0.994), so the
-mixture did not load k units the way the paper's many-domain data does; 12 tables load a static
-mask's units 1.5x as heavily while each table alone is unchanged.
 
 Why every symbol of a prompt's keys comes from its own alphabet: keys whose symbols share an
 alphabet can only be read by position, and a 2-layer model sat at chance on those for 2,000 steps
@@ -59,10 +55,6 @@ FACT_TASKS: dict[str, FactTask] = {t.name: t for t in (
     FactTask("king", ("king of", "ruler of")),
     FactTask("twin", ("twin of", "double of")),
     FactTask("tool", ("tool of", "gear of")),
-    FactTask("pet", ("pet of", "animal of")),
-    FactTask("song", ("song of", "tune of")),
-    FactTask("star", ("star of", "sign of")),
-    FactTask("game", ("game of", "sport of")),
 )}
 
 

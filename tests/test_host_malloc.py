@@ -48,7 +48,7 @@ _FAULTS = """
 import resource
 import jax, jax.numpy as jnp
 @jax.jit
-def step(a):  # a new 64 MB buffer per call, as XLA:CPU allocates a step's temporaries
+def step(a):  # a new 64 MB output buffer per call, malloc'd like a step's temporaries
     return jnp.tanh(a @ a.T)
 a = jnp.linspace(0, 1, 4096 * 64).reshape(4096, 64)
 step(a).block_until_ready()

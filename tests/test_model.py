@@ -169,6 +169,31 @@ def test_remat_policies_change_memory_not_results(params, policy):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_layer_loop_unrolling_changes_the_program_not_results(params):
+    """scan_unroll: a rolled layer loop, partly and fully unrolled; the same logits and
+    gradients, and the fully unrolled program has fewer loops (the other loops: SoftTopK's
+    bisection, the predictor's). 0 (auto) resolves to every layer on CPU, 1 on TPU/GPU."""
+    from ifp_jax.model.decoder import scan_unroll
+    n = TINY_MODEL.n_layers
+    assert scan_unroll(TINY_MODEL, "cpu") == n and scan_unroll(TINY_MODEL, "tpu") == 1
+    assert scan_unroll(dataclasses.replace(TINY_MODEL, scan_unroll=99), "tpu") == n
+    batch = _batch()
+
+    def loss(p, model):
+        return jit(model)({"params": p}, batch, mode="soft", temperature=0.5,
+                           train=True).logits.std()
+
+    grads, loops = {}, {}
+    for unroll in (1, n):
+        model = _model(model_cfg=dataclasses.replace(TINY_MODEL, scan_unroll=unroll))
+        hlo = jax.jit(jax.grad(loss), static_argnums=1).lower(params, model).as_text()
+        loops[unroll] = hlo.count("stablehlo.while")
+        grads[unroll] = jax.grad(loss)(params, model)
+    assert loops[n] < loops[1], loops
+    for a, b in zip(jax.tree_util.tree_leaves(grads[1]), jax.tree_util.tree_leaves(grads[n])):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_unscanned_layers_match_scanned(params):
     cfg = dataclasses.replace(TINY_MODEL, scan_layers=False)
     dec = params["decoder"]

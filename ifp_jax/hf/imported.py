@@ -116,7 +116,7 @@ def restore_import_params(path: str, abstract_decoder_params: Any) -> Any:
 
 def _adopt(mc: ModelConfig, imported: ModelConfig) -> ModelConfig:
     """`mc` with the import's architecture; training-only fields (remat_policy, scan_layers,
-    attention, vocab_pad_multiple) stay the experiment's.
+    scan_unroll, attention, vocab_pad_multiple) stay the experiment's.
 
     max_len is the import's max_position_embeddings, not the larger of the two: RoPE positions
     beyond it were never trained, so data.seq_len above it is refused (config.validate)

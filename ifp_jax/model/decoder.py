@@ -18,6 +18,14 @@ _REMAT_POLICIES = {
 }
 
 
+def scan_unroll(cfg: ModelConfig, platform: str | None = None) -> int:
+    """Layers per iteration of the layer scan: cfg.scan_unroll, or for 0 (auto) every layer on
+    CPU and 1 elsewhere (`platform` defaults to this process's backend)."""
+    if cfg.scan_unroll:
+        return min(cfg.scan_unroll, cfg.n_layers)
+    return cfg.n_layers if (platform or jax.default_backend()) == "cpu" else 1
+
+
 def _block_class(cfg: ModelConfig):
     if cfg.remat_policy == "none":
         return DecoderBlock
@@ -58,7 +66,8 @@ class Decoder(nn.Module):
             layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                              in_axes=(0 if mask is not None else nn.broadcast, nn.broadcast,
                                       nn.broadcast, nn.broadcast, nn.broadcast),
-                             length=c.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                             length=c.n_layers, unroll=scan_unroll(c),
+                             metadata_params={nn.PARTITION_NAME: "layers"})
             layer_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)  # [L, B, F]
             x, _ = layers(c, self.dtype, name="layers")(x, layer_mask, cos, sin, segment_ids,
                                                         attn_mask)

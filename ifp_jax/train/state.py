@@ -26,6 +26,7 @@ from jax.sharding import Mesh, PartitionSpec
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.model.attention import splash_supported
+from ifp_jax.model.decoder import scan_unroll
 from ifp_jax.model.ifp import IFPModel
 
 
@@ -47,7 +48,9 @@ def resolve_compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def _resolve_attention(model_cfg, seq_len: int, platform: str):
+def _resolve_for_platform(model_cfg, seq_len: int, platform: str):
+    """'auto' attention kernel and layer-loop unrolling -> the choice for `platform`."""
+    model_cfg = dataclasses.replace(model_cfg, scan_unroll=scan_unroll(model_cfg, platform))
     if model_cfg.attention != "auto":
         return model_cfg
     use_splash = platform == "tpu" and splash_supported(seq_len)
@@ -56,11 +59,11 @@ def _resolve_attention(model_cfg, seq_len: int, platform: str):
 
 def build_model(cfg: ExperimentConfig, platform: str | None = None) -> IFPModel:
     """The IFPModel for `platform` (default: this process's backend; `ifp compile` passes the
-    target's): compute dtype and attention kernel resolved for it."""
+    target's): compute dtype, attention kernel and layer-loop unrolling resolved for it."""
     platform = platform or jax.default_backend()
-    predictor = dataclasses.replace(cfg.predictor, backbone=_resolve_attention(
+    predictor = dataclasses.replace(cfg.predictor, backbone=_resolve_for_platform(
         cfg.predictor.backbone, cfg.predictor.max_prompt_len, platform))
-    return IFPModel(model_cfg=_resolve_attention(cfg.model, cfg.data.seq_len, platform),
+    return IFPModel(model_cfg=_resolve_for_platform(cfg.model, cfg.data.seq_len, platform),
                     predictor_cfg=predictor, pruning_cfg=cfg.pruning,
                     dtype=resolve_compute_dtype(cfg.train.compute_dtype, platform))
 

@@ -59,13 +59,13 @@ class Selector:
         def run(params, tokens):
             batch = {"predictor_tokens": tokens,
                      "decoder_input_tokens": jnp.zeros((1, 1), jnp.int32)}
-            mask, _, _ = sel_model.apply({"params": params}, batch, mode=self.mode,
-                                         temperature=temperature, train=False,
-                                         method=IFPModel.select)
-            # The kept units are the mask's k nonzero entries per layer (top-k of lambda, or
-            # of the scores in hard mode); a kept unit whose lambda underflowed to 0 stays,
-            # with scale 0.
-            _, idx = jax.lax.top_k((mask[0] != 0).astype(jnp.float32), k)
+            mask, lam, scores = sel_model.apply({"params": params}, batch, mode=self.mode,
+                                                temperature=temperature, train=False,
+                                                method=IFPModel.select)
+            # The kept units are the masked model's: the top k of lambda (soft / static; the
+            # same top_k the mask was built from, so XLA computes it once) or of the scores
+            # (hard). A kept unit whose lambda underflowed to 0 stays, with scale 0.
+            _, idx = jax.lax.top_k((scores if lam is None else lam)[0], k)
             idx = jnp.sort(idx, axis=-1)
             return idx, jnp.take_along_axis(mask[0], idx, axis=-1)
 

@@ -52,7 +52,7 @@ class ModelConfig:
     remat_policy: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     # Layers per iteration of the scanned layer loop; 0 = auto: every layer (a straight-line
-    # program) on CPU, 1 on TPU/GPU. On CPU the loop's per-layer slices of the stacked params,
+    # program) on CPU without remat, else 1 (TPU/GPU, or remat: model/decoder.py scan_unroll). On CPU the loop's per-layer slices of the stacked params,
     # activations and gradients cost a quarter of a 50M train step (`ifp bench train`: 3.35 s
     # scanned, 2.59 s unrolled); on TPU a rolled loop keeps 56-layer compiles short.
     scan_unroll: int = 0

@@ -172,11 +172,13 @@ def test_remat_policies_change_memory_not_results(params, policy):
 def test_layer_loop_unrolling_changes_the_program_not_results(params):
     """scan_unroll: a rolled layer loop, partly and fully unrolled; the same logits and
     gradients, and the fully unrolled program has fewer loops (the other loops: SoftTopK's
-    bisection, the predictor's). 0 (auto) resolves to every layer on CPU, 1 on TPU/GPU."""
+    bisection, the predictor's). 0 (auto) resolves to every layer on CPU, 1 on TPU/GPU and
+    with remat."""
     from ifp_jax.model.decoder import scan_unroll
     n = TINY_MODEL.n_layers
     assert scan_unroll(TINY_MODEL, "cpu") == n and scan_unroll(TINY_MODEL, "tpu") == 1
     assert scan_unroll(dataclasses.replace(TINY_MODEL, scan_unroll=99), "tpu") == n
+    assert scan_unroll(dataclasses.replace(TINY_MODEL, remat_policy="full"), "cpu") == 1
     batch = _batch()
 
     def loss(p, model):

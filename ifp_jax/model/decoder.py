@@ -20,10 +20,15 @@ _REMAT_POLICIES = {
 
 def scan_unroll(cfg: ModelConfig, platform: str | None = None) -> int:
     """Layers per iteration of the layer scan: cfg.scan_unroll, or for 0 (auto) every layer on
-    CPU and 1 elsewhere (`platform` defaults to this process's backend)."""
+    CPU without remat and 1 otherwise (`platform` defaults to this process's backend).
+
+    Remat keeps the loop rolled: unrolled, XLA:CPU schedules the recomputation so that it saves
+    little (4 layers, d 256, batch 8 x 256, remat 'full': 109 MB of temporaries rolled, 341 MB
+    unrolled, 366 MB without remat)."""
     if cfg.scan_unroll:
         return min(cfg.scan_unroll, cfg.n_layers)
-    return cfg.n_layers if (platform or jax.default_backend()) == "cpu" else 1
+    cpu = (platform or jax.default_backend()) == "cpu"
+    return cfg.n_layers if cpu and cfg.remat_policy == "none" else 1
 
 
 def _block_class(cfg: ModelConfig):

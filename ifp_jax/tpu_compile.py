@@ -10,6 +10,7 @@ slice's family and the user's overrides on top.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -55,7 +56,18 @@ class CompileReport:
         return self.total_gib <= self.hbm_gib
 
 
+def _describe_target_to_libtpu(s: Slice) -> None:
+    """On a host without a TPU, libtpu starts by looking up the host's TPU metadata, finds none
+    and prints five lines (accelerator type, worker hostnames, an INVALID_ARGUMENT trace). Here
+    the target slice is the only TPU there is: name it, unless the user (or a TPU VM) did."""
+    from ifp_jax.cli import _tpu_may_be_present
+    if not _tpu_may_be_present():
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", s.name)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+
+
 def topology_devices(s: Slice) -> list:
+    _describe_target_to_libtpu(s)  # read once, when libtpu loads
     try:
         from jax.experimental import topologies
         topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name)

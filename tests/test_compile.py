@@ -87,3 +87,18 @@ def test_cli_unknown_topology_exits_2_with_one_line():
                         "--topology", "v5p-100"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("ifp: error: no standard v5p slice")
+
+
+def test_compile_prints_nothing_on_stderr_on_a_host_without_tpu():
+    """libtpu's start-up warnings (no TPU metadata on this host) are not the user's business."""
+    from ifp_jax.cli import _tpu_may_be_present
+    if _tpu_may_be_present():
+        pytest.skip("a TPU may be present: libtpu finds its own metadata here")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TPU_")}
+    out = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "compile", "tiny_multiskill",
+                          "--topology", "v5e-4", *TINY, "model.attention=xla"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "fits" in out.stdout
+    assert out.stderr == ""
+

@@ -52,9 +52,10 @@ class ModelConfig:
     remat_policy: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = True
     # Layers per iteration of the scanned layer loop; 0 = auto: every layer (a straight-line
-    # program) on CPU without remat, else 1 (TPU/GPU, or remat: model/decoder.py scan_unroll). On CPU the loop's per-layer slices of the stacked params,
-    # activations and gradients cost a quarter of a 50M train step (`ifp bench train`: 3.35 s
-    # scanned, 2.59 s unrolled); on TPU a rolled loop keeps 56-layer compiles short.
+    # program) on CPU without remat, else 1 (TPU/GPU, or remat: model/decoder.py scan_unroll).
+    # On CPU the loop's per-layer slices of the stacked params, activations and gradients cost
+    # a quarter of a 50M train step (`ifp bench train`: 3.35 s scanned, 2.59 s unrolled); on
+    # TPU a rolled loop keeps 56-layer compiles short.
     scan_unroll: int = 0
     # Attention kernel (model/attention.py): 'auto' = Pallas splash attention on TPU (never holds
     # [T, T] scores), XLA's dot_product_attention elsewhere.

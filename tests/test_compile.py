@@ -1,6 +1,7 @@
 """`ifp compile`: AOT compilation of the joint train step for real TPU topologies (libtpu's
 topology descriptions, no TPU), per-chip memory against HBM, and its errors."""
 
+import os
 import subprocess
 import sys
 
@@ -94,7 +95,7 @@ def test_compile_prints_nothing_on_stderr_on_a_host_without_tpu():
     from ifp_jax.cli import _tpu_may_be_present
     if _tpu_may_be_present():
         pytest.skip("a TPU may be present: libtpu finds its own metadata here")
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TPU_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
     out = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "compile", "tiny_multiskill",
                           "--topology", "v5e-4", *TINY, "model.attention=xla"],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ifp_jax.config import ExperimentConfig
@@ -72,8 +71,9 @@ class PrunedServer:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
+        # NumPy indices straight into the jit: a jnp.asarray first costs a dispatch each.
         mlps = self._gather(tuple(layer["mlp"] for layer in self._base["layers"]),
-                            jnp.asarray(sel.keep_idx), jnp.asarray(sel.scale))
+                            sel.keep_idx, sel.scale)
         small = {**self._base, "layers": tuple({**layer, "mlp": mlp} for layer, mlp
                                                in zip(self._base["layers"], mlps))}
         jax.block_until_ready(small)

@@ -248,6 +248,15 @@ def _skip_absent_tpu() -> None:
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 
+def _cpu_is_the_backend() -> bool:
+    """Whether JAX will compute on this host's CPU (JAX_PLATFORMS says so, or no TPU and no GPU
+    plugin is there): only then do XLA:CPU's per-step buffers decide host memory behaviour."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not (_tpu_may_be_present() or _other_jax_plugins())
+
+
 def _use_compilation_cache() -> None:
     """JAX's persistent compilation cache for the commands users repeat on one model (`export`,
     `generate`): the second export of a run skips the selector's compile (about 1.3 s of the
@@ -289,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    if argv is None and args.command not in ("list", "config"):  # a program, not a test's call
-        from ifp_jax.host_malloc import reexec_with_hugepages
-        reexec_with_hugepages()  # once, before any work: XLA:CPU's buffers in huge pages
+    if (argv is None and args.command not in ("list", "config")  # a program, not a test's call
+            and _cpu_is_the_backend()):
+        from ifp_jax.host_malloc import reexec_with_tunables
+        reexec_with_tunables()  # once, before any work: XLA:CPU's buffers reused, huge pages
     if args.command == "compile":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips

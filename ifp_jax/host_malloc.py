@@ -1,17 +1,27 @@
-"""Transparent huge pages for XLA:CPU's per-execution buffers (glibc's malloc.hugetlb tunable).
+"""glibc malloc tuning for XLA:CPU's per-execution buffers: reuse them, in huge pages.
 
-XLA:CPU mallocs each execution's temporaries afresh and frees them afterwards. Buffers that big
-are mapped from the kernel by malloc and unmapped on free, so every train step touches all of
-its temporaries as new 4 KiB pages: `tiny_facts`' dense step (110 MB of temporaries) took 26,800
-page faults per step, and the kernel's share of its CPU time was about a third. With
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` malloc asks for transparent huge pages (madvise), which
-the kernel's default THP mode ("madvise") grants: about 300 faults per step, and the step ran
-1.36-1.39x faster (README, "Huge pages on CPU hosts").
+XLA:CPU mallocs each execution's temporaries afresh and frees them afterwards. By default glibc
+serves buffers that big with their own mappings and unmaps them on free, so every train step
+faults all of its temporaries in again as new pages. That costs twice:
+  - in 4 KiB pages: `tiny_facts`' dense step (110 MB of temporaries) took 26,800 page faults per
+    step, about a third of its CPU time in the kernel;
+  - even in huge pages, memory handed back to the kernel can be slow to fault in again: on a VM
+    (virtio balloon / free page reporting) the 50M bench's dense step spent 3.6 s of kernel time
+    in ~2,000 huge-page faults when torch had run in between, and took 3.4-5.5 s instead of 2.6.
+So the `ifp` command runs with:
+  glibc.malloc.hugetlb=1        transparent huge pages for malloc's memory (madvise), if THP is on
+  glibc.malloc.mmap_max=0       no per-buffer mappings: big buffers come from the heap ...
+  glibc.malloc.trim_threshold   ... which is never trimmed back to the kernel (freed buffers are
+                                reused by the next step: no page faults once warm), and
+  glibc.malloc.arena_max=1      one heap, so a buffer freed by one thread is reused by any other
+                                (per-thread arenas unmap their heaps when empty).
+The process then keeps its peak memory until it exits, as a device allocator does.
 
 glibc reads tunables only when a process starts, so the `ifp` command re-executes itself once,
-with the tunable added, before it does any work (same PID, same arguments). Nothing happens
-where it cannot help: not glibc >= 2.35, THP disabled ("never"), the tunable already set, or
-IFP_MALLOC_HUGEPAGES=0.
+with the tunables added, before it does any work (same PID, same arguments). A tunable the user
+set is kept as theirs. Nothing happens where it cannot help: not Linux with glibc >= 2.35, every
+tunable already set, or IFP_MALLOC_HUGEPAGES=0 (the name predates the reuse settings; it turns
+all of them off).
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ import os
 import platform
 import sys
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+REUSE = ("glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={1 << 40}",
+         "glibc.malloc.arena_max=1")
 OPT_OUT = "IFP_MALLOC_HUGEPAGES"
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def _glibc_has_tunable() -> bool:
+def _glibc_has_tunables() -> bool:
     libc, version = platform.libc_ver()
     if libc != "glibc":
         return False
@@ -43,26 +55,38 @@ def _thp_enabled() -> bool:
         return False
 
 
+def tunables() -> tuple[str, ...]:
+    """The tunables this host can use: REUSE, plus HUGEPAGES where THP is not 'never'."""
+    return ((HUGEPAGES,) if _thp_enabled() else ()) + REUSE
+
+
+def _missing(environ) -> list[str]:
+    """Our tunables whose name the user's GLIBC_TUNABLES does not set."""
+    theirs = {x.split("=")[0] for x in environ.get("GLIBC_TUNABLES", "").split(":") if x}
+    return [t for t in tunables() if t.split("=")[0] not in theirs]
+
+
 def useful(environ=os.environ) -> bool:
-    """Whether re-executing with the tunable would change anything here."""
+    """Whether re-executing with the tunables would change anything here."""
     return (sys.platform.startswith("linux") and environ.get(OPT_OUT, "1") != "0"
-            and "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
-            and _glibc_has_tunable() and _thp_enabled())
+            and _glibc_has_tunables() and bool(_missing(environ)))
 
 
-def with_tunable(environ) -> dict:
-    """A copy of `environ` whose GLIBC_TUNABLES also holds TUNABLE (the user's kept)."""
+def with_tunables(environ) -> dict:
+    """A copy of `environ` whose GLIBC_TUNABLES also holds our tunables (the user's kept, and
+    winning where they set the same one)."""
     env = dict(environ)
-    env["GLIBC_TUNABLES"] = ":".join(x for x in (env.get("GLIBC_TUNABLES", ""), TUNABLE) if x)
+    env["GLIBC_TUNABLES"] = ":".join(x for x in (env.get("GLIBC_TUNABLES", ""),
+                                                 *_missing(environ)) if x)
     return env
 
 
-def reexec_with_hugepages() -> None:
-    """Replaces this process by the same command with the tunable set, if `useful()`; returns
+def reexec_with_tunables() -> None:
+    """Replaces this process by the same command with the tunables set, if `useful()`; returns
     only when it does nothing. Call before any work: nothing that ran is kept."""
     if not useful():
         return
     argv = [sys.executable, *sys.orig_argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, argv, with_tunable(os.environ))
+    os.execve(sys.executable, argv, with_tunables(os.environ))

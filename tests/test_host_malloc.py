@@ -1,6 +1,6 @@
-"""`ifp` re-executes itself with glibc.malloc.hugetlb=1 (ifp_jax/host_malloc.py): the tunable is
-added to the user's, the same command runs once more with the same PID, and XLA:CPU's temporaries
-then fault in huge pages, not 4 KiB ones."""
+"""`ifp` re-executes itself with glibc malloc tunables (ifp_jax/host_malloc.py): they are added to
+the user's, the same command runs once more with the same PID, and XLA:CPU's temporaries then
+fault in huge pages, not 4 KiB ones, and only once: later executions reuse them."""
 
 import os
 import subprocess
@@ -10,20 +10,23 @@ import pytest
 
 from ifp_jax import host_malloc
 
-needs_thp = pytest.mark.skipif(not host_malloc.useful({}),
+needs_thp = pytest.mark.skipif(not (host_malloc.useful({})
+                                    and host_malloc.HUGEPAGES in host_malloc.tunables()),
                                reason="no glibc >= 2.35 with transparent huge pages here")
 
 
-def test_the_tunable_is_added_to_the_users_own():
-    assert host_malloc.with_tunable({})["GLIBC_TUNABLES"] == host_malloc.TUNABLE
+def test_the_tunables_are_added_to_the_users_own_and_theirs_win():
+    ours = ":".join(host_malloc.tunables())
+    assert host_malloc.with_tunables({})["GLIBC_TUNABLES"] == ours
     mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"}
-    env = host_malloc.with_tunable(mine)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + host_malloc.TUNABLE
+    env = host_malloc.with_tunables(mine)
+    added = [t for t in host_malloc.tunables() if not t.startswith("glibc.malloc.arena_max=")]
+    assert env["GLIBC_TUNABLES"] == ":".join(["glibc.malloc.arena_max=2", *added])
     assert env["HOME"] == "/h" and mine["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
 
 
-def test_no_reexec_when_already_set_or_opted_out():
-    assert not host_malloc.useful({"GLIBC_TUNABLES": host_malloc.TUNABLE})
+def test_no_reexec_when_all_set_or_opted_out():
+    assert not host_malloc.useful({"GLIBC_TUNABLES": ":".join(host_malloc.tunables())})
     assert not host_malloc.useful({host_malloc.OPT_OUT: "0"})
 
 
@@ -37,36 +40,44 @@ def _clean_env(**extra) -> dict:
 def test_reexec_runs_the_same_command_once_more_with_the_tunable():
     code = ("import os; from ifp_jax import host_malloc; "
             "print('start', os.getpid(), os.environ.get('GLIBC_TUNABLES', '-'), flush=True); "
-            "host_malloc.reexec_with_hugepages(); print('work', os.getpid())")
+            "host_malloc.reexec_with_tunables(); print('work', os.getpid())")
     out = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True,
                          text=True, check=True).stdout.split("\n")
     pid = out[0].split()[1]
-    assert out[:3] == [f"start {pid} -", f"start {pid} {host_malloc.TUNABLE}", f"work {pid}"]
+    ours = ":".join(host_malloc.tunables())
+    assert out[:3] == [f"start {pid} -", f"start {pid} {ours}", f"work {pid}"]
 
 
 _FAULTS = """
 import resource
 import jax, jax.numpy as jnp
 @jax.jit
-def step(a):  # a new 64 MB output buffer per call, malloc'd like a step's temporaries
+def step(a):  # a new 256 MB output buffer per call, malloc'd like a step's temporaries
     return jnp.tanh(a @ a.T)
-a = jnp.linspace(0, 1, 4096 * 64).reshape(4096, 64)
-step(a).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+def faults_per_call(a):
     step(a).block_until_ready()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step(a).block_until_ready()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+big = faults_per_call(jnp.linspace(0, 1, 8192 * 64).reshape(8192, 64))
+small = faults_per_call(jnp.linspace(0, 1, 64 * 64).reshape(64, 64))  # dispatch's own faults
+print(round(big - small))
 """
 
 
 @needs_thp
-def test_xla_temporaries_fault_in_huge_pages_with_the_tunable():
-    def faults(**env):
+def test_xla_temporaries_fault_in_huge_pages_and_are_then_reused():
+    def faults(*tunables):
         return int(subprocess.run([sys.executable, "-c", _FAULTS],
-                                  env=_clean_env(JAX_PLATFORMS="cpu", **env),
+                                  env=_clean_env(JAX_PLATFORMS="cpu",
+                                                 GLIBC_TUNABLES=":".join(tunables)),
                                   capture_output=True, text=True, check=True).stdout.split()[-1])
     small_pages = faults()
-    huge_pages = faults(GLIBC_TUNABLES=host_malloc.TUNABLE)
-    assert small_pages > 10_000, small_pages  # 64 MB in 4 KiB pages: 16K
+    huge_pages = faults(host_malloc.HUGEPAGES)
+    reused = faults(*host_malloc.tunables())
+    assert small_pages > 40_000, small_pages  # 256 MB in 4 KiB pages: 64K
     assert huge_pages * 5 < small_pages, (huge_pages, small_pages)
-    print(f"page faults per call: {small_pages} in 4 KiB pages, {huge_pages} with the tunable")
+    assert reused * 4 < huge_pages, (reused, huge_pages)  # the freed buffer is taken again
+    print(f"page faults per call for the buffer: {small_pages} in 4 KiB pages, {huge_pages} in "
+          f"huge pages, {reused} with reuse")

@@ -55,11 +55,15 @@ import jax, jax.numpy as jnp
 def step(a):  # a new 256 MB output buffer per call, malloc'd like a step's temporaries
     return jnp.tanh(a @ a.T)
 def faults_per_call(a):
-    step(a).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(3):  # warm: the heap grows until a freed buffer is there for the next call
         step(a).block_until_ready()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    windows = []
+    for _ in range(3):  # the least of three windows: one-off faults (a new thread...) drop out
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(3):
+            step(a).block_until_ready()
+        windows.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+    return min(windows)
 big = faults_per_call(jnp.linspace(0, 1, 8192 * 64).reshape(8192, 64))
 small = faults_per_call(jnp.linspace(0, 1, 64 * 64).reshape(64, 64))  # dispatch's own faults
 print(round(big - small))
@@ -75,9 +79,11 @@ def test_xla_temporaries_fault_in_huge_pages_and_are_then_reused():
                                   capture_output=True, text=True, check=True).stdout.split()[-1])
     small_pages = faults()
     huge_pages = faults(host_malloc.HUGEPAGES)
-    reused = faults(*host_malloc.tunables())
+    reused = faults(*host_malloc.REUSE)  # without huge pages: the freed buffer is taken again
+    both = faults(*host_malloc.tunables())
     assert small_pages > 40_000, small_pages  # 256 MB in 4 KiB pages: 64K
     assert huge_pages * 5 < small_pages, (huge_pages, small_pages)
-    assert reused * 4 < huge_pages, (reused, huge_pages)  # the freed buffer is taken again
+    assert reused * 20 < small_pages, (reused, small_pages)
+    assert both * 5 < small_pages, (both, small_pages)
     print(f"page faults per call for the buffer: {small_pages} in 4 KiB pages, {huge_pages} in "
-          f"huge pages, {reused} with reuse")
+          f"huge pages, {reused} reusing 4 KiB pages, {both} reusing huge pages")

@@ -17,8 +17,9 @@ So the `ifp` command runs with:
                                 (per-thread arenas unmap their heaps when empty).
 The process then keeps its peak memory until it exits, as a device allocator does.
 
-glibc reads tunables only when a process starts, so the `ifp` command re-executes itself once,
-with the tunables added, before it does any work (same PID, same arguments). A tunable the user
+glibc reads tunables only when a process starts, so the `ifp` command, where JAX computes on the
+CPU, re-executes itself once with the tunables added, before it does any work (same PID, same
+arguments). A tunable the user
 set is kept as theirs. Nothing happens where it cannot help: not Linux with glibc >= 2.35, every
 tunable already set, or IFP_MALLOC_HUGEPAGES=0 (the name predates the reuse settings; it turns
 all of them off).

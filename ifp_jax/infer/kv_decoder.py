@@ -55,9 +55,10 @@ def inference_params(params: Any, cfg: ModelConfig, dtype: Any = jnp.float32) ->
     per-layer dicts, matmul weights in `dtype`, q/k/v and gate/up kernels fused.
 
     Per layer: self_attn {'qkv': {'kernel': [D, (H + 2 Hkv) hd]}, 'o_proj'} and mlp
-    {'gate_up': {'kernel': [2F, D]}, 'down_proj': {'kernel': [F, D]}} (see `fuse_mlp`). At batch 1 a decode step is a
-    chain of matrix-vector products, each paying a fixed cost on top of its bytes (a 1 MB one
-    streams at half the rate of a 3 MB one here), so fewer, wider products are faster.
+    {'gate_up': {'kernel': [2F, D]}, 'down_proj': {'kernel': [F, D]}} (see `fuse_mlp`). At batch
+    1 a decode step is a chain of matrix-vector products, each paying a fixed cost on top of its
+    bytes (a 1 MB one streams at half the rate of a 3 MB one here), so fewer, wider products are
+    faster.
     Casting up front gives the same numbers as the modules' own per-matmul casts (they cast the
     f32 kernel to the compute dtype before every product) and halves a bf16 step's weight reads.
     Idempotent; call it once outside a per-token loop (unstacking copies every layer).

@@ -243,18 +243,22 @@ def _skip_absent_tpu() -> None:
         return
     if not (_installed("libtpu") or os.environ.get("TPU_LIBRARY_PATH")):
         return
-    if _tpu_may_be_present() or _other_jax_plugins():
-        return
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    if _only_cpu_possible():
+        os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def _only_cpu_possible() -> bool:
+    """No TPU may be present and no other JAX plugin (CUDA, ROCm) is installed."""
+    return not (_tpu_may_be_present() or _other_jax_plugins())
 
 
 def _cpu_is_the_backend() -> bool:
-    """Whether JAX will compute on this host's CPU (JAX_PLATFORMS says so, or no TPU and no GPU
-    plugin is there): only then do XLA:CPU's per-step buffers decide host memory behaviour."""
+    """Whether JAX will compute on this host's CPU (JAX_PLATFORMS says so, or no accelerator is
+    possible): only then do XLA:CPU's per-step buffers decide host memory behaviour."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    return not (_tpu_may_be_present() or _other_jax_plugins())
+    return _only_cpu_possible()
 
 
 def _use_compilation_cache() -> None:
@@ -298,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    if (argv is None and args.command not in ("list", "config")  # a program, not a test's call
-            and _cpu_is_the_backend()):
-        from ifp_jax.host_malloc import reexec_with_tunables
-        reexec_with_tunables()  # once, before any work: XLA:CPU's buffers reused, huge pages
+    if argv is None and args.command not in ("list", "config"):  # a program, not a test's call
+        from ifp_jax import host_malloc
+        # The cheap environment check first: the re-executed process skips the device scan.
+        if host_malloc.useful() and _cpu_is_the_backend():
+            host_malloc.reexec_with_tunables()  # once, before any work: buffers reused, THP
     if args.command == "compile":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips

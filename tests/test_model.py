@@ -171,9 +171,8 @@ def test_remat_policies_change_memory_not_results(params, policy):
 
 def test_layer_loop_unrolling_changes_the_program_not_results(params):
     """scan_unroll: a rolled and a fully unrolled layer loop give the same gradients, and the
-    unrolled program has fewer loops (the other loops: SoftTopK's
-    bisection, the predictor's). 0 (auto) resolves to every layer on CPU, 1 on TPU/GPU and
-    with remat."""
+    unrolled program has fewer loops (the other loops: SoftTopK's bisection, the predictor's).
+    0 (auto) resolves to every layer on CPU, 1 on TPU/GPU and with remat."""
     from ifp_jax.model.decoder import scan_unroll
     n = TINY_MODEL.n_layers
     assert scan_unroll(TINY_MODEL, "cpu") == n and scan_unroll(TINY_MODEL, "tpu") == 1

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 from ifp_jax.config import ModelConfig
 from ifp_jax.model.attention import (causal_segment_mask, splash_attention, splash_supported,
                                      xla_attention)
-from ifp_jax.model.layers import Projection, RMSNorm, apply_rope, rope_cos_sin
+from ifp_jax.model.layers import (Projection, RMSNorm, apply_rope, gather_down_rows,
+                                  rope_cos_sin)
 
 _MATMUL_LEAVES = ("kernel", "embedding")
 
@@ -114,11 +115,9 @@ def gather_fused_mlp(mlp: dict, keep_idx: jax.Array, scale: jax.Array | None = N
     [k, D] (times scale [k], when given); the same arrays as fusing the gathered MaskedMLP."""
     f = mlp["down_proj"]["kernel"].shape[0]
     rows = jnp.concatenate([keep_idx, keep_idx + f])  # gate units, then up units
-    down = mlp["down_proj"]["kernel"][keep_idx]
-    if scale is not None:
-        down = down * scale[:, None].astype(down.dtype)
     return {"gate_up": {"kernel": mlp["gate_up"]["kernel"][rows]},
-            "down_proj": {"kernel": down}}
+            "down_proj": {"kernel": gather_down_rows(mlp["down_proj"]["kernel"], keep_idx,
+                                                     scale)}}
 
 
 def _embed(params: dict, cfg: ModelConfig, dtype) -> tuple[nn.Embed, dict]:

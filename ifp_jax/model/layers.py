@@ -145,12 +145,18 @@ def gather_mlp_units(mlp_params: dict, keep_idx: jax.Array, scale: jax.Array | N
       keep_idx: [k] int unit indices.
       scale: optional [k] per-unit scale (lambda), folded into the rows of W_down.
     """
-    down = mlp_params["down_proj"]["kernel"][keep_idx]
-    if scale is not None:
-        down = down * scale[:, None].astype(down.dtype)
     return {"gate_proj": {"kernel": mlp_params["gate_proj"]["kernel"][:, keep_idx]},
             "up_proj": {"kernel": mlp_params["up_proj"]["kernel"][:, keep_idx]},
-            "down_proj": {"kernel": down}}
+            "down_proj": {"kernel": gather_down_rows(mlp_params["down_proj"]["kernel"],
+                                                     keep_idx, scale)}}
+
+
+def gather_down_rows(down: jax.Array, keep_idx: jax.Array,
+                     scale: jax.Array | None = None) -> jax.Array:
+    """W_down [F, D] -> its kept rows [k, D], each times its unit's scale [k] when given (the
+    lambda mask folded in)."""
+    down = down[keep_idx]
+    return down if scale is None else down * scale[:, None].astype(down.dtype)
 
 
 class DecoderBlock(nn.Module):

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_user_error(e) or os.environ.get("IFP_DEBUG"):
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ifp: error: {msg}", file=sys.stderr)
+        sys.stderr.write(f"ifp: error: {msg}\n")  # one write: other threads may be logging
         return 2
     return 0
 

@@ -33,7 +33,8 @@ from ifp_jax import config as config_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
 from ifp_jax.train.preflight import GB
-from ifp_jax.train.run_errors import CheckpointWriteError, quiet_orbax_tracebacks, short_cause
+from ifp_jax.train.run_errors import (CheckpointWriteError, quiet_orbax_tracebacks,
+                                     report_failed_save, short_cause)
 
 CONFIG_FILE = config_lib.WORKDIR_CONFIG
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
@@ -80,6 +81,7 @@ class Checkpointer:
 
     def _fail(self, step: int, cause: str) -> None:
         self._failed = True
+        report_failed_save()
         intact = [s for s in self.manager.all_steps() if s != step]
         kept = (f"the newest intact checkpoint is step {max(intact)}, where a rerun resumes"
                 if intact else "no earlier checkpoint exists")

@@ -7,11 +7,14 @@ error as on a full disk). The early check: a disk reporting less free space than
 size refuses the save before anything of it is written.
 """
 
+import asyncio
+import logging
 import os
 import resource
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ import pytest
 
 from ifp_jax.config import CheckpointConfig
 from ifp_jax.train import checkpoint as ckpt_lib
-from ifp_jax.train import checksums
+from ifp_jax.train import checksums, run_errors
 from ifp_jax.train.run_errors import CheckpointWriteError
 from tests.helpers import TINY_OVERRIDES
 
@@ -89,3 +92,42 @@ def test_a_disk_with_less_free_space_than_the_state_refuses_the_save_before_writ
     ck.close()
     assert step == 1 and data == {"position": 1}
     assert bool(jnp.all(restored["w"] == 1))
+
+
+def test_a_failed_saves_stragglers_print_nothing_and_other_errors_still_do(monkeypatch):
+    """The two kinds of noise a failed save leaves, each filtered only where it is that noise."""
+    monkeypatch.delenv("IFP_DEBUG", raising=False)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    run_errors.quiet_orbax_tracebacks()  # wraps the hook installed above
+
+    def unraisable(error: BaseException, tb):
+        return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=tb,
+                                     err_msg=None, object=None)
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        closed = e
+    # Called from tensorstore's C++ thread, the traceback starts at call_soon_threadsafe.
+    sys.unraisablehook(unraisable(closed, closed.__traceback__.tb_next))
+    assert seen == []
+    other = unraisable(ValueError("a real problem"), None)
+    sys.unraisablehook(other)
+    assert seen == [other]
+
+    try:
+        exec(compile("raise ValueError('write failed')", "/site-packages/orbax/fake.py", "exec"))
+    except ValueError:
+        orbax_failure = sys.exc_info()
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                               "Task exception was never retrieved", None, orbax_failure)
+    asyncio_log = logging.getLogger("asyncio")
+    assert all(f.filter(record) for f in asyncio_log.filters)  # before any save failed: kept
+    monkeypatch.setattr(run_errors, "_save_failed", True)
+    assert not all(f.filter(record) for f in asyncio_log.filters)  # after: dropped
+    mine = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "elsewhere", None,
+                             (ValueError, ValueError("x"), None))
+    assert all(f.filter(mine) for f in asyncio_log.filters)  # not raised in orbax: kept

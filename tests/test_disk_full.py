@@ -125,6 +125,7 @@ def test_a_failed_saves_stragglers_print_nothing_and_other_errors_still_do(monke
     record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
                                "Task exception was never retrieved", None, orbax_failure)
     asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(run_errors, "_save_failed", False)  # the flag is per process
     assert all(f.filter(record) for f in asyncio_log.filters)  # before any save failed: kept
     monkeypatch.setattr(run_errors, "_save_failed", True)
     assert not all(f.filter(record) for f in asyncio_log.filters)  # after: dropped

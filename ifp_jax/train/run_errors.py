@@ -96,11 +96,9 @@ def quiet_orbax_tracebacks() -> None:
     tasks print nothing. Installed once per process."""
     if os.environ.get("IFP_DEBUG"):
         return
-    absl = logging.getLogger("absl")
-    if not any(isinstance(f, _NoOrbaxTracebacks) for f in absl.filters):
-        absl.addFilter(_NoOrbaxTracebacks())
-    asyncio_log = logging.getLogger("asyncio")
-    if not any(isinstance(f, _NoFailedSaveStragglers) for f in asyncio_log.filters):
-        asyncio_log.addFilter(_NoFailedSaveStragglers())
+    for name, kind in (("absl", _NoOrbaxTracebacks), ("asyncio", _NoFailedSaveStragglers)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
     if not getattr(sys.unraisablehook, "ifp_quiet", False):
         sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)

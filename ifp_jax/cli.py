@@ -21,7 +21,7 @@ User errors (config typos, unknown experiment/task, malformed data, incompatible
 one line `ifp: error: ...` and exit 2; set IFP_DEBUG=1 for the traceback.
 
 Startup: a command imports only what it uses. `--help`, `list` and `config` import neither JAX
-nor TensorFlow/SeqIO; TensorFlow comes in (quietly, see ifp_jax/data/tf_import.py) only with
+nor TensorFlow/SeqIO; TensorFlow comes in (quietly, see ifp_jax/tf_import.py) only with
 the data pipeline. On a host with libtpu but no TPU, JAX is pinned to the CPU (_skip_absent_tpu)
 so libtpu's warnings do not print; on a TPU VM nothing changes.
 """
@@ -38,7 +38,7 @@ import sys
 def _resolve(experiment: str, overrides: list[str], hardware: str | None = None):
     """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides
     -> the architecture of an imported HF model named by train.init_*_from (hf/imported.py)."""
-    import experiments
+    from ifp_jax import experiments
     from ifp_jax.config import apply_overrides
     cfg = apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
     if cfg.train.init_llm_from or cfg.train.init_predictor_from:
@@ -101,19 +101,19 @@ def _cmd_eval(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from experiments.drivers.demo import run_demo
+    from ifp_jax.experiments.demo import run_demo
     run_demo(args.workdir, args.overrides)
 
 
 def _cmd_compare(args) -> None:
-    from experiments.drivers.compare import DEFAULT_COMPARISON, run_compare
+    from ifp_jax.experiments.compare import DEFAULT_COMPARISON, run_compare
     comparison, overrides = optional_name(args.comparison, args.overrides, DEFAULT_COMPARISON)
     run_compare(args.workdir, comparison, args.seeds, overrides,
                 distill_static=args.distill_static, jobs=args.jobs, only_seed=args.only_seed)
 
 
 def _cmd_list(args) -> None:
-    import experiments
+    from ifp_jax import experiments
     print("\n".join(experiments.names()))
 
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "data.jsonl_path=my_tasks")
     cm.set_defaults(fn=_cmd_compare)
 
-    from ifp_jax.bench.cli import add_parser as add_bench_parser
+    from ifp_jax.benchmarks.cli import add_parser as add_bench_parser
     from ifp_jax.data.cli import add_parser as add_data_parser
     from ifp_jax.export.cli import add_parser as add_export_parser
     from ifp_jax.hf.import_cli import add_parser as add_import_parser
@@ -287,7 +287,7 @@ def _is_user_error(e: Exception) -> bool:
     """Errors with a one-line message naming the fix: bad config or data, a missing file, a
     non-finite loss under train.nan_policy=stop, a checkpoint the disk could not take."""
     from ifp_jax.config import ConfigError
-    from ifp_jax.data.errors import DataError
+    from ifp_jax.errors import DataError
     from ifp_jax.train.run_errors import CheckpointWriteError, NonFiniteLossError
     return isinstance(e, (ConfigError, DataError, FileNotFoundError, CheckpointWriteError,
                           NonFiniteLossError))
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # topology use only, no chips
     # Nothing here imports JAX, TensorFlow or SeqIO: each command imports what it uses
-    # (ifp_jax.data.tf_import imports TensorFlow, quietly, for the commands that read data).
+    # (ifp_jax.tf_import imports TensorFlow, quietly, for the commands that read data).
     if args.command not in ("list", "config"):  # the commands that never start JAX skip this
         _skip_absent_tpu()
     if args.command in ("export", "generate"):

@@ -15,7 +15,7 @@ import time
 
 import jax
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax import flops as flops_lib
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides

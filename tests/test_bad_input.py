@@ -17,7 +17,7 @@ import pytest
 
 from ifp_jax import cli
 from ifp_jax.config import ModelConfig, replace
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from tests.helpers import TINY_MODEL, TINY_OVERRIDES, tiny_config
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ifp_jax.bench.cli import add_parser
+from ifp_jax.benchmarks.cli import add_parser
 
 # One process-wide cache: the second run reuses the first one's compiled arms (keeps the file
 # fast); mesh.data=1 keeps the 8 virtual test devices out of a timing-only run.
@@ -84,7 +84,7 @@ def test_bench_train_with_transformers_peer(capsys):
 
 
 def test_report_text_and_flop_formula():
-    from ifp_jax.bench.train_bench import default_config, flops_per_step, format_report
+    from ifp_jax.benchmarks.train_bench import default_config, flops_per_step, format_report
     cfg = default_config()
     m = cfg.model
     assert (m.d_model, m.n_layers, m.d_ffn, m.n_heads, m.n_kv_heads, m.head_dim, m.vocab_size) \

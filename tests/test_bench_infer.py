@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ifp_jax.bench.infer_bench import (decoder_param_count, format_report, run_infer_bench,
+from ifp_jax.benchmarks.infer_bench import (decoder_param_count, format_report, run_infer_bench,
                                        size_config, weight_bytes_per_token)
 from ifp_jax.config import ConfigError
 

@@ -138,7 +138,7 @@ NOISE = [
 
 
 def test_tensorflow_import_drops_only_its_cpp_log_lines_and_restores_stderr(monkeypatch, capfd):
-    from ifp_jax.data import tf_import
+    from ifp_jax import tf_import
     kept = "a Python warning during the import\nF0000 00:00:1.5 3 x.cc:1] fatal\n"
 
     def noisy(tf):
@@ -153,7 +153,7 @@ def test_tensorflow_import_drops_only_its_cpp_log_lines_and_restores_stderr(monk
 
 
 def test_tensorflow_import_failure_shows_everything_and_raises(monkeypatch, capfd):
-    from ifp_jax.data import tf_import
+    from ifp_jax import tf_import
 
     def broken(tf):
         os.write(2, NOISE[1].encode())
@@ -168,7 +168,7 @@ def test_tensorflow_import_failure_shows_everything_and_raises(monkeypatch, capf
 
 @pytest.mark.parametrize("line", NOISE)
 def test_noise_lines_are_recognised(line):
-    from ifp_jax.data.tf_import import is_import_noise
+    from ifp_jax.tf_import import is_import_noise
     assert is_import_noise(line)
 
 
@@ -176,7 +176,7 @@ def test_noise_lines_are_recognised(line):
                                   "F0000 00:00:1795708346.452699 1 x.cc:1] fatal\n",
                                   "ImportError: libcudart.so.12: cannot open shared object\n"])
 def test_other_lines_are_kept(line):
-    from ifp_jax.data.tf_import import is_import_noise
+    from ifp_jax.tf_import import is_import_noise
     assert not is_import_noise(line)
 
 

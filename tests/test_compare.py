@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from experiments.drivers import compare
+from ifp_jax.experiments import compare
 from ifp_jax.config import ConfigError
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax.config import ConfigError
 from ifp_jax.hardware import parse_slice
 from ifp_jax import tpu_compile

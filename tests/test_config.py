@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax import cli
 from ifp_jax.config import (ConfigError, ExperimentConfig, apply_overrides, from_dict, to_json)
 

@@ -8,8 +8,8 @@ import pytest
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, skills, tasks
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.errors import DataError
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 P = 64
 # Two skills only (others at rate 0, so never loaded) keeps the batch tests fast.

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ifp_jax.bench import data_bench
+from ifp_jax.benchmarks import data_bench
 from ifp_jax.data.prepare import PLAN
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError
-from ifp_jax.data.light_vocab import get_light_vocabulary
+from ifp_jax.vocab.light import get_light_vocabulary
 from ifp_jax.export.orbax_io import load_exported
 from ifp_jax.export.run import export_workdir
 from ifp_jax.export.selection import Selection
@@ -78,7 +78,7 @@ def test_orbax_export_is_the_gathered_masked_model(run, exported):
     from ifp_jax.export.manifest import content_hash
     assert content_hash(small) == meta["content_hash"]  # identical params after the round trip
     # The mask the masked model multiplies by: recompute the selection independently.
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.export.selection import predictor_tokens, select_units
     sel = select_units(model, params, cfg, predictor_tokens(
         get_light_vocabulary("byte"), PROMPT, cfg.predictor.max_prompt_len), eval_mask)

@@ -8,7 +8,7 @@ import numpy as np
 from ifp_jax.config import DataConfig
 from ifp_jax.data import facts, pipeline, tasks
 from ifp_jax.data.skills import task_instruction
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 from ifp_jax.export.selection import predictor_tokens
 
 P = 24

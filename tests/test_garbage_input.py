@@ -9,10 +9,10 @@ import string
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax import cli
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, to_dict, validate
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.data.user_tasks import is_multitask, read_jsonl, read_user_tasks
 
 BASE = ExperimentConfig()

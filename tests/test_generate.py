@@ -283,7 +283,7 @@ def test_cli_streams_the_decoded_continuation(monkeypatch, capsys):
     import types
 
     from ifp_jax.config import ConfigError
-    from ifp_jax.data.vocab import get_vocabulary
+    from ifp_jax.vocab.seqio_vocab import get_vocabulary
     from ifp_jax.infer.cli import add_parser
 
     stub = types.ModuleType("ifp_jax.export.orbax_io")

@@ -13,11 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ifp_jax.config import ConfigError, replace
 from ifp_jax.data import pipeline
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.errors import DataError
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 from ifp_jax.hf import imported
 from ifp_jax.hf.import_cli import add_parser, import_hf
-from ifp_jax.hf.tokenizer import HFTokenizerVocabulary
+from ifp_jax.vocab.hf_seqio import HFTokenizerVocabulary
 from ifp_jax.hf.weights import (hf_config_from_model_config, hf_from_params,
                                 model_config_from_hf, params_from_hf, read_hf_checkpoint,
                                 write_hf_checkpoint)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax.config import ConfigError, apply_overrides
 from ifp_jax.train.loop import train
 from ifp_jax.train.workdir_lock import WorkdirLock

@@ -10,7 +10,7 @@ import pytest
 
 from ifp_jax.config import DataConfig, replace
 from ifp_jax.data import pipeline, prepared
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.data.prepare import prepare
 
 P = 24

@@ -129,9 +129,9 @@ def test_a_vocabulary_directory_is_exported_as_its_tokenizer_json(tmp_path):
 def test_prepare_refuses_a_task_name_that_leaves_its_directory(tmp_path):
     """SeqIO task names may hold dots: a task named '..' would be prepared into OUT/../."""
     from ifp_jax.config import DataConfig
-    from ifp_jax.data.errors import DataError
+    from ifp_jax.errors import DataError
     from ifp_jax.data.prepare import prepare
-    from ifp_jax.data.tf_import import seqio
+    from ifp_jax.tf_import import seqio
     seqio.TaskRegistry.add("..", source=seqio.FunctionDataSource(
         lambda split, shuffle_files=False, seed=None: None, splits=["train"]),
         output_features={})
@@ -147,7 +147,7 @@ def test_prepare_refuses_a_task_name_that_leaves_its_directory(tmp_path):
 @pytest.mark.parametrize("name", ["../outside.array_record", "/abs.array_record",
                                   "t/../../outside.array_record"])
 def test_a_prepared_manifest_cannot_point_outside_its_directory(tmp_path, name):
-    from ifp_jax.data.errors import DataError
+    from ifp_jax.errors import DataError
     from ifp_jax.data.prepared import PreparedSplit
     (tmp_path / "outside.array_record").write_bytes(b"x" * 10)  # the right size: it would pass
     (tmp_path / "prepared").mkdir()
@@ -168,7 +168,7 @@ def test_eval_results_are_never_named_outside_the_workdir(tmp_path, split):
 
 def test_example_tasks_write_plain_file_names_only(tmp_path, monkeypatch):
     from ifp_jax.data import skills
-    from ifp_jax.data.errors import DataError
+    from ifp_jax.errors import DataError
     from ifp_jax.data.example_tasks import write_example_tasks
     monkeypatch.setattr(skills, "SKILLS", {"../evil": skills.SKILLS["reverse"]})
     with pytest.raises(DataError, match="skill name '../evil'"):
@@ -180,7 +180,7 @@ def test_example_tasks_write_plain_file_names_only(tmp_path, monkeypatch):
 def test_user_task_names_cannot_be_paths(tmp_path, task):
     """A user task's name becomes OUT/ifp_user_<name>/ of `ifp data prepare`: letters, digits
     and '_' only, from a 'task' field or a file name."""
-    from ifp_jax.data.errors import DataError
+    from ifp_jax.errors import DataError
     from ifp_jax.data.user_tasks import read_user_tasks
     path = tmp_path / "mixed.jsonl"
     path.write_text(json.dumps({"prompt": "a", "response": "b", "task": task}) + "\n")

@@ -9,7 +9,7 @@ import sentencepiece as spm
 from ifp_jax.cli import main as ifp_main
 from ifp_jax.config import replace
 from ifp_jax.data import pipeline, tasks
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 from ifp_jax.train.loop import train
 from tests.helpers import tiny_config
 

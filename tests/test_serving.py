@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 
-from ifp_jax.bench.infer_bench import _init_params, size_config
-from ifp_jax.data.light_vocab import LightVocabulary
+from ifp_jax.benchmarks.infer_bench import _init_params, size_config
+from ifp_jax.vocab.light import LightVocabulary
 from ifp_jax.export.small_model import gather_small_decoder
 from ifp_jax.infer.kv_decoder import inference_params
 from ifp_jax.infer.serving import PrunedServer

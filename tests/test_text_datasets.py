@@ -10,7 +10,7 @@ import pytest
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, tasks, text_datasets, text_files
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 
 TEXTS = [f"document {i}: " + "word " * (i % 7 + 3) for i in range(45)]
 

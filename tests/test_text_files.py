@@ -10,7 +10,7 @@ import pytest
 from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, prepared, tasks, text_files
 from ifp_jax.data.corpus import generate_corpus
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.data.prepare import prepare
 
 

@@ -63,7 +63,7 @@ def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrup
     every example of a task uses one mask (within-task overlap exactly 1), and that mask is the
     predictor's selection from the task's instruction text alone (what `ifp export --task`
     keeps)."""
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.data.skills import task_instruction
     from ifp_jax.eval.evaluate import per_task_masks
     from ifp_jax.eval.run import evaluate_workdir, results_path

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ifp_jax.config import DataConfig
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.data.skills import task_instruction
 from ifp_jax.data.user_tasks import read_user_tasks
 

@@ -49,7 +49,7 @@ def _cmd_example_tasks(args) -> None:
 def _cmd_bench_data(args) -> None:
     import json
     import os
-    from ifp_jax.bench.data_bench import format_report, run_data_bench
+    from ifp_jax.benchmarks.data_bench import format_report, run_data_bench
     cache = os.path.join(os.path.expanduser("~"), ".cache", "ifp_jax")
     tag = f"{args.gb:g}gb"
     result = run_data_bench(args.gb, args.corpus or os.path.join(cache, f"corpus_{tag}"),

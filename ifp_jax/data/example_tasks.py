@@ -13,7 +13,7 @@ import json
 import os
 
 from ifp_jax.data import skills
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.data.tasks import JSONL_HELD_OUT_EVERY
 from ifp_jax.safe_names import plain_name
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import prepared, tasks
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 STATS_SAMPLE = 10_000  # statistics over at most this many examples per task, evenly spaced
 

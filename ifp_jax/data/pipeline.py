@@ -28,9 +28,9 @@ import grain
 from ifp_jax.config import DataConfig
 from ifp_jax.data import prepared, tasks
 from ifp_jax.data.batching import BatchAssembler
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.errors import DataError
+from ifp_jax.tf_import import seqio, tf  # TensorFlow imported quietly, once
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 _FEATURES = ("predictor_tokens", "inputs", "targets")
 _TF_BATCH = 4096

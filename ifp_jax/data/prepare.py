@@ -28,8 +28,8 @@ import numpy as np
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, prepared, tasks
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.tf_import import seqio
+from ifp_jax.errors import DataError
+from ifp_jax.tf_import import seqio
 from ifp_jax.safe_names import plain_name
 
 PLAN = "prepare.json"  # the fingerprint and process count a (partial) preparation was started with

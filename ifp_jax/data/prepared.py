@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.safe_names import inside
 
 FORMAT = "ifp-contract-int32-v1"

@@ -26,11 +26,11 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from ifp_jax.config import DataConfig
 from ifp_jax.data import facts, skills, text_datasets, text_files
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.tf_import import seqio, tf  # TensorFlow imported quietly, once
+from ifp_jax.errors import DataError
+from ifp_jax.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
                                      source_stats)
-from ifp_jax.data.vocab import get_vocabulary
+from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
 CPT_STDLIB = "ifp_cpt_stdlib"

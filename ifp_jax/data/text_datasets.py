@@ -20,7 +20,7 @@ import json
 import os
 from typing import Callable, Iterator
 
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 
 KINDS = ("tfds", "hf")
 _HF_BATCH = 1024

@@ -22,7 +22,7 @@ import os
 from typing import Iterator
 
 from ifp_jax.data import text_datasets
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 HELD_OUT_EVERY = 20

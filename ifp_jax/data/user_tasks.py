@@ -26,7 +26,7 @@ import json
 import os
 import re
 
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.json_files import read_object
 
 USER_PREFIX = "ifp_user_"

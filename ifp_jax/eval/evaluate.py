@@ -35,7 +35,8 @@ from jax.sharding import Mesh
 from ifp_jax import metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
-from ifp_jax.data import pipeline, vocab as vocab_lib
+from ifp_jax.data import pipeline
+from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
 from ifp_jax.infer.kv_decoder import griffin_scores

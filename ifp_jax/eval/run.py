@@ -68,7 +68,7 @@ def results_path(workdir: str, mask: str, eval_mask: str, split: str = "validati
 
 def check_split(split: str, task_names: list[str]) -> None:
     """A one-line ConfigError unless every task to evaluate has `split`."""
-    from ifp_jax.data.tf_import import seqio
+    from ifp_jax.tf_import import seqio
     valid = [s for s in seqio.get_mixture_or_task(task_names[0]).splits
              if all(s in seqio.get_mixture_or_task(t).splits for t in task_names[1:])]
     if split not in valid:

@@ -3,7 +3,7 @@
     DIR/ifp_model.json   {"model": ModelConfig, "vocabulary": spec, "metadata": {...}}
     DIR/params/          orbax (tensorstore) checkpoint of the decoder params tree, f32
 
-`vocabulary` is what `ifp_jax.data.vocab.get_vocabulary` takes ('byte', a SentencePiece .model,
+`vocabulary` is what `ifp_jax.vocab.seqio_vocab.get_vocabulary` takes ('byte', a SentencePiece .model,
 or a tokenizer.json); a file-based vocabulary is copied into DIR so the export is self-contained.
 """
 

@@ -53,7 +53,7 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     if not text or not text.strip():
         raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
 
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.export import manifest
     from ifp_jax.export.selection import predictor_tokens, select_units
     from ifp_jax.export.small_model import gather_small_decoder, to_host
@@ -97,7 +97,7 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
 def write_formats(out: str, cfg, params: dict, vocabulary: str, meta: dict,
                   formats: tuple[str, ...]) -> None:
     """Writes the small dense model `params` (numpy, our layout) in each requested format."""
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.hf import weights as hf_weights
     vocab = get_light_vocabulary(vocabulary)
     hf_config = hf_weights.hf_config_from_model_config(
@@ -107,7 +107,7 @@ def write_formats(out: str, cfg, params: dict, vocabulary: str, meta: dict,
         from ifp_jax.export.orbax_io import save_exported
         save_exported(os.path.join(out, "orbax"), cfg, params, vocabulary, meta)
     if "hf" in formats:
-        from ifp_jax.export.tokenizer_files import write_hf_tokenizer
+        from ifp_jax.vocab.export_files import write_hf_tokenizer
         hf_dir = os.path.join(out, "hf")
         hf_weights.write_hf_checkpoint(hf_dir, hf_config, tensors)
         write_hf_tokenizer(hf_dir, vocabulary, cfg.max_len)

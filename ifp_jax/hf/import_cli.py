@@ -15,10 +15,10 @@ import shutil
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 from ifp_jax.hf.import_layout import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
 
-# Copied beside tokenizer.json: they name the special tokens (hf/tokenizer.py reads them).
+# Copied beside tokenizer.json: they name the special tokens (vocab/tokenizer_json.py reads them).
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -35,7 +35,7 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 
 def _check_tokenizer(path: str, vocab_size: int) -> None:
-    from ifp_jax.hf.tokenizer_file import HFTokenizerFile
+    from ifp_jax.vocab.tokenizer_json import HFTokenizerFile
     n = HFTokenizerFile(path).size
     if n > vocab_size:
         raise DataError(f"{path} has {n} ids but config.json vocab_size={vocab_size}: the model "

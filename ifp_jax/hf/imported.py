@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError, ExperimentConfig, ModelConfig
-from ifp_jax.data import vocab as vocab_lib
+from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf.weights import ARCH_FIELDS, param_shapes, unstack_layers
 
 from ifp_jax.hf.import_layout import (IMPORT_FILE, KINDS, PARAMS_DIR,  # noqa: F401

@@ -28,7 +28,7 @@ class Generator(NamedTuple):
     params: Any
     model_cfg: Any  # ModelConfig
     mask: Any  # [1, L, F] or None
-    vocab: Any  # data/light_vocab.LightVocabulary (no TensorFlow)
+    vocab: Any  # vocab/light.py.LightVocabulary (no TensorFlow)
     prompt_ids: list[int]  # the decoder's prompt, formatted as in training
     dtype: Any
     note: str  # how the mask was chosen (for --verbose)
@@ -42,7 +42,7 @@ def _decoder_prompt(vocab, prompt: str) -> list[int]:
 def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     """Restores a run (params only) and selects the prompt's mask with its predictor."""
     from ifp_jax import sharding as shd
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.export.selection import Selector, predictor_tokens
     from ifp_jax.config import load_workdir_config
     from ifp_jax.train.state import build_model, params_layout
@@ -69,7 +69,7 @@ def from_exported(model_dir: str, prompt: str) -> Generator:
     """An exported (already gathered, dense) model: no predictor, no mask."""
     import jax.numpy as jnp
 
-    from ifp_jax.data.light_vocab import get_light_vocabulary
+    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.export.orbax_io import load_exported
 
     model_cfg, params, vocab_spec = load_exported(model_dir)

@@ -24,7 +24,7 @@ from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline, tasks
-from ifp_jax.data import vocab as vocab_lib
+from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf import imported
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train import preflight

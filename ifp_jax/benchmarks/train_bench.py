@@ -60,7 +60,7 @@ def default_config() -> ExperimentConfig:
 
 def resolve_config(experiment: str | None, overrides: list[str]) -> ExperimentConfig:
     if experiment:
-        import experiments
+        from ifp_jax import experiments
         base = experiments.get(experiment)
     else:
         base = default_config()
@@ -223,8 +223,8 @@ def run_train_bench(cfg: ExperimentConfig, *, steps: int = 5, warmup: int = 1, p
 
     peer_arm, torch_peak = None, None
     if peer:
-        from ifp_jax.bench.torch_peer import TorchArm, peer_unavailable
-        from ifp_jax.bench.peak import TorchMatmulPeak
+        from ifp_jax.benchmarks.torch_peer import TorchArm, peer_unavailable
+        from ifp_jax.benchmarks.peak import TorchMatmulPeak
         reason = peer_unavailable()
         if reason:
             log(reason)
@@ -336,4 +336,4 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-from ifp_jax.bench.peak import XlaMatmulPeak  # noqa: E402  (after the helpers it needs none of)
+from ifp_jax.benchmarks.peak import XlaMatmulPeak  # noqa: E402  (after the helpers it needs none of)

@@ -138,7 +138,7 @@ def _dir_bytes(path: str) -> int:
 
 def _train_step_tokens_per_s() -> dict:
     """Tokens/s of `ifp bench train`'s default shape, dense and IFP, measured now."""
-    from ifp_jax.bench.train_bench import default_config, run_train_bench
+    from ifp_jax.benchmarks.train_bench import default_config, run_train_bench
     _log("train step: `ifp bench train` default shape (2 timed steps per arm)")
     result = run_train_bench(default_config(), steps=2, warmup=1, peer=False)
     arms = {name: result[name]["tokens_per_s"] for name in ("dense", "ifp")}

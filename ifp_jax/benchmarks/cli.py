@@ -1,6 +1,6 @@
 """`ifp bench ...` sub-commands. Wire into ifp_jax/cli.py with:
 
-    from ifp_jax.bench.cli import add_parser as add_bench_parser
+    from ifp_jax.benchmarks.cli import add_parser as add_bench_parser
     add_bench_parser(sub)          # in build_parser(), after the other sub-commands
 
     ifp bench train [EXPERIMENT] [section.key=value ...] [--peer] [--json] [--steps N] [--warmup N]
@@ -15,7 +15,7 @@ import json
 
 
 def _cmd_bench_train(args) -> None:
-    from ifp_jax.bench.train_bench import format_report, resolve_config, run_train_bench
+    from ifp_jax.benchmarks.train_bench import format_report, resolve_config, run_train_bench
     from ifp_jax.cli import optional_name
     experiment, overrides = optional_name(args.experiment, args.overrides)
     cfg = resolve_config(experiment, overrides)
@@ -26,7 +26,7 @@ def _cmd_bench_train(args) -> None:
 
 
 def _cmd_bench_infer(args) -> None:
-    from ifp_jax.bench.infer_bench import format_report, run_infer_bench
+    from ifp_jax.benchmarks.infer_bench import format_report, run_infer_bench
     result = run_infer_bench(tuple(args.sizes), prompt_len=args.prompt_len,
                              new_tokens=args.new_tokens, keep_frac=args.keep_frac,
                              overrides=list(args.overrides), peer=not args.no_peer,

@@ -7,8 +7,8 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from ifp_jax.data.tf_import import seqio, tf
-from ifp_jax.hf.tokenizer_file import HFTokenizerFile
+from ifp_jax.tf_import import seqio, tf
+from ifp_jax.vocab.tokenizer_json import HFTokenizerFile
 
 
 class HFTokenizerVocabulary(seqio.Vocabulary):

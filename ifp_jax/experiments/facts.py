@@ -15,7 +15,7 @@ from that text, is in its training distribution.
 
 from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig,
                             OptimizerConfig, PredictorConfig, PruningConfig, TrainConfig)
-from experiments import register
+from ifp_jax.experiments import register
 
 MODEL = ModelConfig(vocab_size=259, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                     head_dim=32, d_ffn=512, max_len=32, init_std=0.125)

@@ -1,6 +1,6 @@
 """An offline stand-in for a pretrained Hugging Face Llama: random weights + a BPE tokenizer.
 
-    python -m experiments.drivers.random_hf_llama --out DIR [--d-model 128 --layers 4 ...]
+    python -m ifp_jax.experiments.random_hf_llama --out DIR [--d-model 128 --layers 4 ...]
 
 writes DIR/config.json + model.safetensors (LlamaForCausalLM layout, written by ifp_jax's own HF
 writer, so no torch is needed) and DIR/tokenizer.json (+ tokenizer_config.json): a byte-level

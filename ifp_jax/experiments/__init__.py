@@ -3,8 +3,10 @@
     @register("tiny_multiskill")
     def tiny_multiskill() -> ExperimentConfig: ...
 
-`get("name")` imports every module here once, then looks the name up; an unknown name fails with
-the closest registered one.
+`get("name")` imports the config modules (`CONFIG_MODULES`) once, then looks the name up; an
+unknown name fails with the closest registered one. The drivers beside them (`demo.py`,
+`compare.py`, `random_hf_llama.py`) are programs that train and evaluate; they are imported only
+by the commands that run them, so `ifp list` never pays for JAX or TensorFlow.
 
 An experiment may carry per-hardware defaults, `register(name, hardware={"v5p": [overrides],
 ...})`: `get(name, hardware="v5p")` applies that family's `section.key=value` overrides to the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import pkgutil
 from typing import Callable
 
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides
@@ -24,6 +25,8 @@ from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides
 _REGISTRY: dict[str, Callable[[], ExperimentConfig]] = {}
 _HARDWARE: dict[str, dict[str, list[str]]] = {}
 _loaded = False
+# The modules that register experiments (each imports only ifp_jax.config).
+CONFIG_MODULES = ("tiny", "facts", "text", "paper")
 
 
 def register(name: str, hardware: dict[str, list[str]] | None = None):
@@ -45,10 +48,8 @@ def hardware_defaults(name: str) -> dict[str, list[str]]:
 def _load_all() -> None:
     global _loaded
     if not _loaded:
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.ispkg:  # sub-packages (drivers/) hold programs, not registrations
-                continue
-            importlib.import_module(f"{__name__}.{mod.name}")
+        for name in CONFIG_MODULES:
+            importlib.import_module(f"{__name__}.{name}")
         _loaded = True
 
 

@@ -174,7 +174,7 @@ def _torch_times(hf_dir: str, prompt: list[int], new_tokens: int, repeats: int,
 def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
                overrides: list[str], peer: bool, repeats: int, bandwidth: ReadBandwidth,
                log: Callable[[str], None] = _log) -> dict:
-    from ifp_jax.data.light_vocab import LightVocabulary
+    from ifp_jax.vocab.light import LightVocabulary
     from ifp_jax.export.small_model import gather_small_decoder, to_host
     from ifp_jax.infer.serving import PrunedServer
 
@@ -233,7 +233,7 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
         "select_load_share": (select_s + load_s) / (select_s + load_s + times["total_s"])})
 
     if peer:
-        from ifp_jax.bench.torch_peer import peer_unavailable
+        from ifp_jax.benchmarks.torch_peer import peer_unavailable
         why = peer_unavailable()
         if why:
             log(why)

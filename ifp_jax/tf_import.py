@@ -1,6 +1,6 @@
 """TensorFlow and SeqIO, imported once and quietly. SeqIO uses TensorFlow for tf.data only.
 
-Every module in this package takes `seqio` and `tf` from here (`from ifp_jax.data.tf_import
+Every module in this package takes `seqio` and `tf` from here (`from ifp_jax.tf_import
 import seqio, tf`), so TensorFlow is imported only when something needs data (`ifp train`,
 `eval`, `demo`, `compile`), never by `ifp --help`, `list` or `config`.
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 
 # Where the special tokens are named, in order of precedence (both sit beside tokenizer.json).
 _SPECIAL_FILES = ("tokenizer_config.json", "special_tokens_map.json")

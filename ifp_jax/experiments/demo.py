@@ -18,7 +18,7 @@ import time
 
 import jax
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax.config import apply_overrides, replace
 from ifp_jax.eval.run import evaluate_workdir
 from ifp_jax.train.loop import train

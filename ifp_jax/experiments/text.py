@@ -14,7 +14,7 @@ here unchanged:
 
 from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig,
                             OptimizerConfig, PredictorConfig, PruningConfig, TrainConfig)
-from experiments import register
+from ifp_jax.experiments import register
 
 MODEL = ModelConfig(vocab_size=259, d_model=256, n_layers=6, n_heads=4, n_kv_heads=2,
                     head_dim=64, d_ffn=1024, max_len=256)

@@ -10,7 +10,7 @@ Stages (each its own workdir; the demo chains them with train.init_*_from):
 
 from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig,
                             OptimizerConfig, PredictorConfig, PruningConfig, TrainConfig, replace)
-from experiments import register
+from ifp_jax.experiments import register
 
 MODEL = ModelConfig(vocab_size=259, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
                     head_dim=32, d_ffn=512, max_len=128)

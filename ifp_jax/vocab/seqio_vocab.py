@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import os
 
-from ifp_jax.data.errors import DataError
-from ifp_jax.data.tf_import import seqio  # TensorFlow imported quietly, once
+from ifp_jax.errors import DataError
+from ifp_jax.tf_import import seqio  # TensorFlow imported quietly, once
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +26,7 @@ def get_vocabulary(spec: str) -> seqio.Vocabulary:
     path = os.path.expanduser(spec)
     if ((path.endswith(".json") and os.path.isfile(path))
             or os.path.isfile(os.path.join(path, "tokenizer.json"))):
-        from ifp_jax.hf.tokenizer import HFTokenizerVocabulary  # tokenizers only when used
+        from ifp_jax.vocab.hf_seqio import HFTokenizerVocabulary  # tokenizers only when used
         return HFTokenizerVocabulary(path)
     if not os.path.isfile(path):
         raise DataError(f"vocabulary '{spec}' is not 'byte', a SentencePiece .model file, a "

@@ -32,7 +32,7 @@ import os
 import statistics
 import time
 
-import experiments
+from ifp_jax import experiments
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, replace
 
 # A comparison: its source, CPT and SFT stage experiments (registered names); a comparison whose

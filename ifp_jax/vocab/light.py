@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from ifp_jax.data.errors import DataError
+from ifp_jax.errors import DataError
 
 BYTE_OFFSET = 3
 BYTE_EOS_ID = 1
@@ -33,7 +33,7 @@ class LightVocabulary:
             raise DataError(f"vocabulary '{spec}' is neither 'byte' nor an existing SentencePiece "
                             f"model or tokenizer.json; set data.vocabulary to one of those")
         if path.endswith(".json"):
-            from ifp_jax.hf.tokenizer_file import HFTokenizerFile
+            from ifp_jax.vocab.tokenizer_json import HFTokenizerFile
             self.kind, self._hf = "hf", HFTokenizerFile(path)
             self.eos_id, self.vocab_size = self._hf.eos_id, self._hf.size
         else:

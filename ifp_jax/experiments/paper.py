@@ -27,7 +27,7 @@ vocabulary default only keeps the config loadable).
 
 from ifp_jax.config import (CheckpointConfig, DataConfig, ExperimentConfig, ModelConfig,
                             OptimizerConfig, PredictorConfig, PruningConfig, TrainConfig)
-from experiments import register
+from ifp_jax.experiments import register
 
 VOCAB = 128256
 KEEP_K = 6656  # the 3B model's FFN width

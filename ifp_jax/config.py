@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from ifp_jax import workdir as workdir_lib
+
 
 class ConfigError(ValueError):
     """A user-facing configuration error; its message is one line that names the fix."""
@@ -323,7 +325,7 @@ def load_json(path: str) -> ExperimentConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-WORKDIR_CONFIG = "config.json"  # the resolved config a run writes into its workdir
+WORKDIR_CONFIG = workdir_lib.CONFIG_FILE  # the resolved config a run writes into its workdir
 
 
 def load_workdir_config(workdir: str) -> ExperimentConfig:

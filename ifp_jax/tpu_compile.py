@@ -1,4 +1,4 @@
-"""`ifp compile EXPERIMENT --topology NAME`: the full joint train step (predictor + SoftTopK +
+"""What `ifp compile EXPERIMENT --topology NAME` does: the full joint train step (predictor + SoftTopK +
 masked LLM + optimizer update) compiled ahead of time for a real TPU slice, on this host.
 
 libtpu's topology descriptions stand in for the chips: XLA's TPU compiler lays the step out for
@@ -10,16 +10,15 @@ slice's family and the user's overrides on top.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import jax
 
-from ifp_jax import experiments
 from ifp_jax import flops as flops_lib
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides
-from ifp_jax.hardware import Slice, parse_slice
+from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.hardware import Slice
+from ifp_jax.platform import name_target_slice_to_libtpu
 
 GIB = 2 ** 30
 LEVERS = ("try mesh.fsdp=-1 (shard the state over every chip), model.remat_policy=full, "
@@ -56,18 +55,8 @@ class CompileReport:
         return self.total_gib <= self.hbm_gib
 
 
-def _describe_target_to_libtpu(s: Slice) -> None:
-    """On a host without a TPU, libtpu starts by looking up the host's TPU metadata, finds none
-    and prints five lines (accelerator type, worker hostnames, an INVALID_ARGUMENT trace). Here
-    the target slice is the only TPU there is: name it, unless the user (or a TPU VM) did."""
-    from ifp_jax.cli import _tpu_may_be_present
-    if not _tpu_may_be_present():
-        os.environ.setdefault("TPU_ACCELERATOR_TYPE", s.name)
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-
-
 def topology_devices(s: Slice) -> list:
-    _describe_target_to_libtpu(s)  # read once, when libtpu loads
+    name_target_slice_to_libtpu(s.name)  # read once, when libtpu loads
     try:
         from jax.experimental import topologies
         topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name)
@@ -82,10 +71,6 @@ def topology_devices(s: Slice) -> list:
         raise ConfigError(f"cannot describe TPU topology {s.topology_name} ({first}); {fix}"
                           ) from None
     return list(topo.devices)
-
-
-def resolve_config(experiment: str, s: Slice, overrides: list[str]) -> ExperimentConfig:
-    return apply_overrides(experiments.get(experiment, hardware=s.family.name), overrides)
 
 
 def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
@@ -105,7 +90,8 @@ def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
     layout = state_layout(model, cfg, tx, mesh)
     t0 = time.time()
     try:
-        compiled = compile_train_step(model, cfg, tx, layout, mesh, num_tasks)
+        compiled = compile_train_step(model, cfg, tx, layout=layout, mesh=mesh,
+                                      num_tasks=num_tasks)
     except jax.errors.JaxRuntimeError as e:
         first = str(e).splitlines()[0]
         if "RESOURCE_EXHAUSTED" not in first:
@@ -180,16 +166,3 @@ def does_not_fit_message(r: CompileReport, cfg: ExperimentConfig) -> str:
     return (f"{r.experiment} does not fit {r.topology}: {r.total_gib:.1f} GiB per device "
             f"(arguments {r.argument_gib:.1f}, temporaries {r.temp_gib:.1f}) > "
             f"{r.hbm_gib:.0f} GiB HBM; " + LEVERS)
-
-
-def run(experiment: str, topology: str, overrides: list[str]) -> CompileReport:
-    s = parse_slice(topology)
-    cfg = resolve_config(experiment, s, overrides)
-    report = compile_for_slice(cfg, s)
-    print(format_report(report, cfg), flush=True)
-    if not report.fits:
-        raise ConfigError(does_not_fit_message(report, cfg))
-    return report
-
-
-

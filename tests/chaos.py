@@ -88,7 +88,7 @@ def _phase_of_step(step: int) -> str:
 
 
 def _command(workdir: str, processes: int, process_id: int, port: int) -> list[str]:
-    cmd = [sys.executable, "-m", "ifp_jax.cli", "train", "tiny_multiskill", "--workdir", workdir,
+    cmd = [sys.executable, "-m", "ifp_jax", "train", "tiny_multiskill", "--workdir", workdir,
            *TINY_OVERRIDES, f"train.steps={STEPS}", f"checkpoint.every_steps={SAVE_EVERY}",
            f"train.eval_every={EVAL_EVERY}", "pruning.temperature_anneal_steps=30",
            f"mesh.data={DEVICES_PER_PROCESS * processes}"]

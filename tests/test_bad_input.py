@@ -15,7 +15,8 @@ import types
 import numpy as np
 import pytest
 
-from ifp_jax import cli
+from ifp_jax import platform
+from ifp_jax.commands import main as cli
 from ifp_jax.config import ModelConfig, replace
 from ifp_jax.errors import DataError
 from tests.helpers import TINY_MODEL, TINY_OVERRIDES, tiny_config
@@ -24,7 +25,7 @@ from tests.helpers import TINY_MODEL, TINY_OVERRIDES, tiny_config
 @pytest.fixture(autouse=True)
 def _no_compilation_cache(monkeypatch):
     # `ifp export/generate` point JAX's persistent cache at ~/.cache: not from inside the suite.
-    monkeypatch.setattr(cli, "_use_compilation_cache", lambda: None)
+    monkeypatch.setattr(platform, "use_compilation_cache", lambda: None)
 
 
 def _ifp_error(capsys, *argv: str) -> str:

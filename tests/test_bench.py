@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ifp_jax.benchmarks.cli import add_parser
+from ifp_jax.commands.bench import add_parser
 
 # One process-wide cache: the second run reuses the first one's compiled arms (keeps the file
 # fast); mesh.data=1 keeps the 8 virtual test devices out of a timing-only run.

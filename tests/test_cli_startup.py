@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from ifp_jax import cli
+from ifp_jax import platform
+from ifp_jax.commands import main as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("tensorflow", "seqio", "jax", "jaxlib", "flax", "grain", "orbax")
@@ -22,7 +23,7 @@ HEAVY = ("tensorflow", "seqio", "jax", "jaxlib", "flax", "grain", "orbax")
 # Runs cli.main(argv) and records its exit code and which heavy modules it imported.
 _PROBE = r"""
 import json, sys
-from ifp_jax import cli
+from ifp_jax.commands import main as cli
 try:
     rc = cli.main(sys.argv[2:])
 except SystemExit as e:  # argparse: --help
@@ -75,7 +76,7 @@ def test_config_error_is_one_line_without_tensorflow(tmp_path):
 
 
 def test_module_entry_point_lists_experiments_quietly():
-    p = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "list"], cwd=ROOT, env=_user_env(),
+    p = subprocess.run([sys.executable, "-m", "ifp_jax", "list"], cwd=ROOT, env=_user_env(),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "tiny_multiskill" in p.stdout.split()
@@ -90,14 +91,14 @@ def no_tpu_host(monkeypatch):
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
     monkeypatch.delenv("JAX_FORCE_TPU_INIT", raising=False)
     monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
-    monkeypatch.setattr(cli, "_installed", lambda m: m == "libtpu")
-    monkeypatch.setattr(cli, "_tpu_may_be_present", lambda: False)
-    monkeypatch.setattr(cli, "_other_jax_plugins", lambda: False)
+    monkeypatch.setattr(platform, "installed", lambda m: m == "libtpu")
+    monkeypatch.setattr(platform, "tpu_may_be_present", lambda: False)
+    monkeypatch.setattr(platform, "other_jax_plugins", lambda: False)
     return monkeypatch
 
 
 def test_jax_is_pinned_to_cpu_where_libtpu_has_no_tpu(no_tpu_host):
-    cli._skip_absent_tpu()
+    platform.pin_cpu_without_tpu()
     assert os.environ["JAX_PLATFORMS"] == "cpu"
 
 
@@ -105,22 +106,22 @@ def test_jax_is_pinned_to_cpu_where_libtpu_has_no_tpu(no_tpu_host):
                                   "gpu_plugin"])
 def test_jax_platforms_are_left_alone_otherwise(no_tpu_host, case):
     if case == "tpu_present":  # a TPU VM: `ifp train` must use the TPU
-        no_tpu_host.setattr(cli, "_tpu_may_be_present", lambda: True)
+        no_tpu_host.setattr(platform, "tpu_may_be_present", lambda: True)
     elif case == "user_set":
         no_tpu_host.setenv("JAX_PLATFORMS", "")
     elif case == "force_tpu":
         no_tpu_host.setenv("JAX_FORCE_TPU_INIT", "1")
     elif case == "no_libtpu":  # JAX tries no TPU, so prints nothing: keep its default
-        no_tpu_host.setattr(cli, "_installed", lambda m: False)
+        no_tpu_host.setattr(platform, "installed", lambda m: False)
     elif case == "gpu_plugin":  # jax[cuda12]: the GPU must stay reachable
-        no_tpu_host.setattr(cli, "_other_jax_plugins", lambda: True)
+        no_tpu_host.setattr(platform, "other_jax_plugins", lambda: True)
     before = os.environ.get("JAX_PLATFORMS")
-    cli._skip_absent_tpu()
+    platform.pin_cpu_without_tpu()
     assert os.environ.get("JAX_PLATFORMS") == before
 
 
 def test_commands_without_jax_do_not_probe_for_a_tpu(monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_skip_absent_tpu", lambda: pytest.fail("probed"))
+    monkeypatch.setattr(platform, "pin_cpu_without_tpu", lambda: pytest.fail("probed"))
     assert cli.main(["list"]) == 0
     assert cli.main(["config", "tiny_multiskill"]) == 0
 
@@ -187,10 +188,10 @@ def test_train_of_the_tiny_experiment_prints_no_library_noise(tmp_path):
     """`ifp train` imports JAX, TensorFlow and SeqIO: stderr stays empty (no CUDA, absl or libtpu
     lines); progress goes to stdout."""
     env = _user_env()
-    if cli._tpu_may_be_present():  # a TPU VM: this test is about hosts without one
+    if platform.tpu_may_be_present():  # a TPU VM: this test is about hosts without one
         env["JAX_PLATFORMS"] = "cpu"
     p = subprocess.run(
-        [sys.executable, "-m", "ifp_jax.cli", "train", "tiny_multiskill",
+        [sys.executable, "-m", "ifp_jax", "train", "tiny_multiskill",
          "--workdir", str(tmp_path / "run"), "train.steps=2", "train.log_every=1",
          "checkpoint.every_steps=2", "data.global_batch_size=8",
          "data.eval_examples_per_task=2", "model.n_layers=1", "predictor.backbone.n_layers=1"],

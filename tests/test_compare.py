@@ -125,7 +125,8 @@ def test_seeds_in_processes_report_a_failed_seed_with_its_log(tmp_path):
     """--jobs runs each seed as `ifp compare --only-seed S`; a seed that fails (here: an
     unknown comparison, refused at once) stops the run with one line naming its log."""
     with pytest.raises(ConfigError, match=r"seed \d failed \(exit 2\); see .*seed\d.log"):
-        compare._seeds_in_processes(str(tmp_path), "nope", 2, [], False, 2, lambda m: None)
+        compare._seeds_in_processes(str(tmp_path), "nope", 2, [], distill_static=False,
+                                    jobs=2, log=lambda m: None)
     assert "unknown comparison" in (tmp_path / "seed0.log").read_text()
     with pytest.raises(ConfigError, match="--jobs"):
         compare.run_compare(str(tmp_path), jobs=0)

@@ -11,6 +11,7 @@ from ifp_jax import experiments
 from ifp_jax.config import ConfigError
 from ifp_jax.hardware import parse_slice
 from ifp_jax import tpu_compile
+from ifp_jax.commands.resolve import resolve
 
 pytest.importorskip("libtpu", reason="libtpu comes with the test extra (jax[tpu])")
 
@@ -21,7 +22,7 @@ TINY = ["data.global_batch_size=8", "model.d_model=64", "model.n_layers=2", "mod
 @pytest.fixture(scope="module")
 def tiny_v5e_report():
     s = parse_slice("v5e-4")
-    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + ["model.attention=xla"])
+    cfg = resolve("tiny_multiskill", TINY + ["model.attention=xla"], hardware=s.family.name)
     return cfg, tpu_compile.compile_for_slice(cfg, s)
 
 
@@ -43,15 +44,15 @@ def test_tiny_config_compiles_for_v5e_4_and_reports_memory(tiny_v5e_report):
 def test_splash_attention_compiles_for_tpu():
     """'auto' attention is the Pallas splash kernel on TPU when T tiles into 128-blocks."""
     s = parse_slice("v5e-4")
-    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + ["data.seq_len=128",
-                                                                   "model.max_len=128"])
+    cfg = resolve("tiny_multiskill", TINY + ["data.seq_len=128", "model.max_len=128"],
+                  hardware=s.family.name)
     r = tpu_compile.compile_for_slice(cfg, s)
     assert r.attention == "splash" and r.fits
 
 
 def test_too_large_a_config_is_refused_with_figures_and_levers():
     s = parse_slice("v5e-4")
-    cfg = tpu_compile.resolve_config("tiny_multiskill", s, TINY + [
+    cfg = resolve("tiny_multiskill", hardware=s.family.name, overrides=TINY + [
         "model.vocab_size=2400000", "model.d_model=2048", "model.n_heads=16",
         "model.head_dim=128", "model.attention=xla"])
     with pytest.raises(ConfigError) as e:
@@ -84,7 +85,7 @@ def test_paper_experiments_take_hardware_defaults_and_overrides():
 
 
 def test_cli_unknown_topology_exits_2_with_one_line():
-    p = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "compile", "paper_9b_to_3b",
+    p = subprocess.run([sys.executable, "-m", "ifp_jax", "compile", "paper_9b_to_3b",
                         "--topology", "v5p-100"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("ifp: error: no standard v5p slice")
@@ -92,11 +93,11 @@ def test_cli_unknown_topology_exits_2_with_one_line():
 
 def test_compile_prints_nothing_on_stderr_on_a_host_without_tpu():
     """libtpu's start-up warnings (no TPU metadata on this host) are not the user's business."""
-    from ifp_jax.cli import _tpu_may_be_present
-    if _tpu_may_be_present():
+    from ifp_jax.platform import tpu_may_be_present
+    if tpu_may_be_present():
         pytest.skip("a TPU may be present: libtpu finds its own metadata here")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
-    out = subprocess.run([sys.executable, "-m", "ifp_jax.cli", "compile", "tiny_multiskill",
+    out = subprocess.run([sys.executable, "-m", "ifp_jax", "compile", "tiny_multiskill",
                           "--topology", "v5e-4", *TINY, "model.attention=xla"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ifp_jax import experiments
-from ifp_jax import cli
+from ifp_jax.commands import main as cli
 from ifp_jax.config import (ConfigError, ExperimentConfig, apply_overrides, from_dict, to_json)
 
 

@@ -35,7 +35,7 @@ def test_a_save_the_disk_cannot_take_stops_the_run_and_keeps_the_previous_checkp
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     env.pop("IFP_DEBUG", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ifp_jax.cli", "train", "tiny_multiskill", "--workdir", workdir,
+        [sys.executable, "-m", "ifp_jax", "train", "tiny_multiskill", "--workdir", workdir,
          *TINY_OVERRIDES, "train.steps=100000"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     try:

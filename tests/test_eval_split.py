@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifp_jax import cli, metric
+from ifp_jax import metric
+from ifp_jax.commands import main as cli
 from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, replace
 from ifp_jax.data import pipeline, tasks
@@ -59,7 +60,7 @@ def _examples(cfg, split="validation"):
 
 
 def _ppl(model, params, cfg, mesh, mode):
-    return evaluate(model, params, cfg, mesh, [], mode=mode,
+    return evaluate(model, params, cfg, mesh, task_names=[], mode=mode,
                     text_task_names=[TEXT]).perplexity[TEXT]
 
 
@@ -140,11 +141,11 @@ def test_instruction_and_text_tasks_together_per_task_masks(text_run):
     the text task; under --mask per-task the text task (no instruction) gets per-input masks."""
     cfg, _, model, params, mesh = text_run
     cfg = replace(cfg, data=replace(cfg.data, eval_examples_per_task=4))
-    per_task = evaluate(model, params, cfg, mesh, [SKILL], per_task=True,
+    per_task = evaluate(model, params, cfg, mesh, task_names=[SKILL], per_task=True,
                         text_task_names=[TEXT])
     assert list(per_task.per_task) == [SKILL] and per_task.mean == per_task.per_task[SKILL]
     assert list(per_task.perplexity) == [TEXT]
     np.testing.assert_allclose(per_task.perplexity[TEXT], _ppl(model, params, cfg, mesh, "soft"),
                                rtol=1e-6)
     # Task names given, text tasks not: no perplexity (the training hook's call).
-    assert evaluate(model, params, cfg, mesh, []).perplexity == {}
+    assert evaluate(model, params, cfg, mesh, task_names=[]).perplexity == {}

@@ -14,7 +14,7 @@ from ifp_jax.config import ConfigError
 from ifp_jax.vocab.light import get_light_vocabulary
 from ifp_jax.export.orbax_io import load_exported
 from ifp_jax.export.run import export_workdir
-from ifp_jax.export.selection import Selection
+from ifp_jax.selection.units import Selection
 from ifp_jax.train import checkpoint as ckpt_lib
 from ifp_jax.train.loop import train
 from ifp_jax.train.state import build_model, params_layout
@@ -79,7 +79,8 @@ def test_orbax_export_is_the_gathered_masked_model(run, exported):
     assert content_hash(small) == meta["content_hash"]  # identical params after the round trip
     # The mask the masked model multiplies by: recompute the selection independently.
     from ifp_jax.vocab.light import get_light_vocabulary
-    from ifp_jax.export.selection import predictor_tokens, select_units
+    from ifp_jax.selection.prompt import predictor_tokens
+    from ifp_jax.selection.units import select_units
     sel = select_units(model, params, cfg, predictor_tokens(
         get_light_vocabulary("byte"), PROMPT, cfg.predictor.max_prompt_len), eval_mask)
     np.testing.assert_array_equal(sel.keep_idx, np.asarray(meta["kept_units"]))
@@ -115,7 +116,8 @@ def test_hf_export_loads_in_transformers_with_the_masked_logits(run, exported):
 
 def _scales(run, eval_mask):
     cfg, _, model, params = run
-    from ifp_jax.export.selection import predictor_tokens, select_units
+    from ifp_jax.selection.prompt import predictor_tokens
+    from ifp_jax.selection.units import select_units
     return select_units(model, params, cfg, predictor_tokens(
         get_light_vocabulary("byte"), PROMPT, cfg.predictor.max_prompt_len), eval_mask).scale
 
@@ -168,3 +170,23 @@ def test_light_vocabulary_matches_seqio_byte_ids():
     text = "héllo wörld = 42"
     assert light.encode(text) == list(v.encode(text))
     assert light.decode(v.encode(text) + [1, 0]) == v.decode(list(v.encode(text)))
+
+
+def test_open_run_gives_the_runs_config_and_its_latest_params(run):
+    from ifp_jax.runs import open_run
+    cfg, workdir, model, params = run
+    opened = open_run(workdir)
+    assert opened.cfg == cfg and opened.step == cfg.train.steps
+    assert dict(opened.mesh.shape) == dict(shd.make_mesh(cfg.mesh).shape)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(opened.params), params)
+
+
+def test_open_run_of_a_directory_without_a_run_is_one_line(run, tmp_path):
+    import shutil
+
+    from ifp_jax.runs import open_run
+    with pytest.raises(ConfigError, match="config.json not found"):
+        open_run(str(tmp_path))
+    shutil.copy(os.path.join(run[1], "config.json"), tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="no checkpoint in .*: train that stage first"):
+        open_run(str(tmp_path), hint="train that stage first")

@@ -9,7 +9,7 @@ from ifp_jax.config import DataConfig
 from ifp_jax.data import facts, pipeline, tasks
 from ifp_jax.data.skills import task_instruction
 from ifp_jax.vocab.seqio_vocab import get_vocabulary
-from ifp_jax.export.selection import predictor_tokens
+from ifp_jax.selection.prompt import predictor_tokens
 
 P = 24
 FACTS = DataConfig(mixture="ifp_facts", seq_len=20, global_batch_size=64)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ifp_jax import experiments
-from ifp_jax import cli
+from ifp_jax.commands import main as cli
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, to_dict, validate
 from ifp_jax.errors import DataError
 from ifp_jax.data.user_tasks import is_multitask, read_jsonl, read_user_tasks

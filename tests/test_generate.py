@@ -284,7 +284,7 @@ def test_cli_streams_the_decoded_continuation(monkeypatch, capsys):
 
     from ifp_jax.config import ConfigError
     from ifp_jax.vocab.seqio_vocab import get_vocabulary
-    from ifp_jax.infer.cli import add_parser
+    from ifp_jax.commands.generate import add_parser
 
     stub = types.ModuleType("ifp_jax.export.orbax_io")
     stub.load_exported = lambda path: (CFG, _params(CFG), "byte")

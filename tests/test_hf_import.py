@@ -16,7 +16,8 @@ from ifp_jax.data import pipeline
 from ifp_jax.errors import DataError
 from ifp_jax.vocab.seqio_vocab import get_vocabulary
 from ifp_jax.hf import imported
-from ifp_jax.hf.import_cli import add_parser, import_hf
+from ifp_jax.commands.import_hf import add_parser
+from ifp_jax.hf.import_hf import import_hf
 from ifp_jax.vocab.hf_seqio import HFTokenizerVocabulary
 from ifp_jax.hf.weights import (hf_config_from_model_config, hf_from_params,
                                 model_config_from_hf, params_from_hf, read_hf_checkpoint,

@@ -40,8 +40,8 @@ def test_report_files_and_one_mask_per_task_gives_a_diagonal_of_one(tmp_path):
     metrics.write_text("".join(json.dumps({"step": s, "mask/overlap_within_task": 0.5,
                                            "mask/overlap_across_tasks": 0.2}) + "\n"
                                for s in (10, 20)))
-    report = write_mask_report(str(tmp_path / "r"), per_task[task_of], task_of,
-                               ["a", "b", "c"], "test", str(metrics))
+    report = write_mask_report(str(tmp_path / "r"), masks=per_task[task_of], task_of=task_of,
+                               names=["a", "b", "c"], title="test", metrics_path=str(metrics))
     assert report["all"]["within"] == 1.0 and report["all"]["across"] < 1.0
     for name in ("overlap.json", "overlap_first.png", "overlap_middle.png", "overlap_last.png",
                  "overlap_all.png", "collapse.png"):

@@ -34,7 +34,7 @@ def _env(devices: int) -> dict:
 
 
 def _ifp(*args: str, devices: int, log=None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ifp_jax.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "ifp_jax", *args], cwd=ROOT,
                             env=_env(devices), stdout=log or subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
 

@@ -51,7 +51,7 @@ def test_the_disk_estimate_counts_the_state_and_refuses_what_cannot_fit(tmp_path
 def test_a_setup_error_leaves_no_workdir_behind(tmp_path, capsys, override, fragment):
     """`ifp train` writes config.json and its lock before it builds the mesh and the data; an
     error found there removes the workdir it had just created (an existing one is kept)."""
-    from ifp_jax import cli
+    from ifp_jax.commands import main as cli
     from tests.helpers import TINY_OVERRIDES
     (tmp_path / "empty").mkdir()
     workdir = tmp_path / "run"

@@ -6,7 +6,7 @@ import sysconfig
 import pytest
 import sentencepiece as spm
 
-from ifp_jax.cli import main as ifp_main
+from ifp_jax.commands.main import main as ifp_main
 from ifp_jax.config import replace
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.vocab.seqio_vocab import get_vocabulary

@@ -32,5 +32,5 @@ def test_loading_equals_the_gathered_small_model_and_is_cached():
 
 
 def _tokens(server, text):
-    from ifp_jax.export.selection import predictor_tokens
+    from ifp_jax.selection.prompt import predictor_tokens
     return predictor_tokens(server.vocab, text, server.cfg.predictor.max_prompt_len)

@@ -19,7 +19,7 @@ def _one_step(cfg, batch_np):
     model = build_model(cfg)
     tx = make_optimizer(cfg.optimizer, cfg.train.steps)
     layout = state_layout(model, cfg, tx, mesh)
-    state = create_state(model, cfg, tx, layout, mesh)
+    state = create_state(model, cfg, tx, layout=layout, mesh=mesh)
     init_params = jax.device_get(state.params)
     step = make_train_step(model, cfg, tx, num_tasks=int(batch_np["task_id"].max()) + 1)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):

@@ -39,7 +39,7 @@ def test_micro_batching_changes_no_reported_metric():
     for cfg in (cfg1, cfg2):
         tx = make_optimizer(cfg.optimizer, cfg.train.steps)
         layout = state_layout(model, cfg, tx, mesh)
-        state = create_state(model, cfg, tx, layout, mesh)
+        state = create_state(model, cfg, tx, layout=layout, mesh=mesh)
         with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
             _, m = jax.jit(make_train_step(model, cfg, tx, num_tasks=16))(state, batch)
         results.append(metric.compute(m))

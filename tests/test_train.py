@@ -65,9 +65,10 @@ def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrup
     keeps)."""
     from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.data.skills import task_instruction
-    from ifp_jax.eval.evaluate import per_task_masks
+    from ifp_jax.selection.batch_masks import per_task_masks
     from ifp_jax.eval.run import evaluate_workdir, results_path
-    from ifp_jax.export.selection import Selector, predictor_tokens
+    from ifp_jax.selection.prompt import predictor_tokens
+    from ifp_jax.selection.units import Selector
     cfg, workdir, final = uninterrupted
     capsys.readouterr()
     _, result = evaluate_workdir(workdir, mask="per-task", as_json=True)
@@ -85,7 +86,8 @@ def test_per_task_eval_selects_one_mask_per_task_from_its_instruction(uninterrup
 
     model, params = build_model(cfg), final.params
     with jax.set_mesh(shd.make_mesh(cfg.mesh)):
-        table = np.asarray(per_task_masks(model, params, cfg, names))
+        table = np.asarray(per_task_masks(model, params, cfg, instructions=[
+            task_instruction(name) for name in names]))
     select = Selector(model, cfg)
     vocab = get_light_vocabulary(cfg.data.predictor_vocabulary)
     for t, name in enumerate(names):

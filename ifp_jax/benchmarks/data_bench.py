@@ -57,8 +57,8 @@ def measure_loader(cfg: DataConfig, workers: int, batches: int) -> dict:
             "rss_start_mib": rss0, "rss_peak_mib": peak, "workers_rss_mib": workers_rss}
 
 
-def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, workers: tuple[int, ...],
-                   batches: int, step_tokens_per_s: float | None,
+def run_data_bench(gb: float, corpus_dir: str, prepared_dir: str, *, workers: tuple[int, ...],
+                   batches: int, step_tokens_per_s: float | None = None,
                    prepare_processes: int = 1, own_cache: bool = False) -> dict:
     """`own_cache`: prepared_dir is the bench's own cache, which may be wiped and rebuilt when
     it was prepared with other settings (an older version, another size)."""
@@ -96,14 +96,15 @@ def _reusable(cfg: DataConfig, prepared_dir: str, own_cache: bool) -> dict | Non
     None; a stale preparation in the bench's own cache is removed first."""
     import json
     import shutil
-    from ifp_jax.data.prepare import PLAN, fingerprint
+    from ifp_jax.data.prepare import PLAN
+    from ifp_jax.data.tasks import mixture_fingerprint
     from ifp_jax.data.prepared import MANIFEST, load_manifest
     plan_path = os.path.join(prepared_dir, PLAN)
     if not os.path.exists(plan_path):
         return None
     with open(plan_path) as f:
         started = json.load(f)["fingerprint"]
-    if started != fingerprint(cfg, CHUNK):
+    if started != mixture_fingerprint(cfg, CHUNK):
         if own_cache:
             _log(f"{prepared_dir} was prepared with other settings: removing it (bench cache)")
             shutil.rmtree(prepared_dir)
@@ -119,7 +120,7 @@ def _prepare_in_processes(corpus_dir: str, prepared_dir: str, n: int) -> dict:
     import json
     import subprocess
     from ifp_jax.data.prepared import MANIFEST
-    cmd = [sys.executable, "-m", "ifp_jax.cli", "data", "prepare", "--out", prepared_dir,
+    cmd = [sys.executable, "-m", "ifp_jax", "data", "prepare", "--out", prepared_dir,
            f"data.text_files={corpus_dir}", "data.mixture=ifp_text", f"data.seq_len={SEQ_LEN}",
            f"data.cpt_chunk_len={CHUNK}", "data.cpt_num_chunks=2",
            f"predictor.max_prompt_len={CHUNK}"]

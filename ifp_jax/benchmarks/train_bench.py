@@ -30,8 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ifp_jax.config import (DataConfig, ExperimentConfig, ModelConfig, OptimizerConfig,
-                            PredictorConfig, PruningConfig, TrainConfig, apply_overrides, replace,
-                            to_json)
+                            PredictorConfig, PruningConfig, TrainConfig, replace, to_json)
 
 NUM_TASKS = 4
 
@@ -56,15 +55,6 @@ def default_config() -> ExperimentConfig:
         optimizer=OptimizerConfig(warmup_steps=10),
         train=TrainConfig(steps=1000, compute_dtype="float32"),
     )
-
-
-def resolve_config(experiment: str | None, overrides: list[str]) -> ExperimentConfig:
-    if experiment:
-        from ifp_jax import experiments
-        base = experiments.get(experiment)
-    else:
-        base = default_config()
-    return apply_overrides(base, list(overrides))
 
 
 def _log(msg: str) -> None:
@@ -101,7 +91,7 @@ FLOPS_FORMULA = ("tokens * (6 * N_matmul + 12 * n_layers * seq_len * n_heads * h
 
 def synthetic_batch(cfg: ExperimentConfig, num_tasks: int = NUM_TASKS, seed: int = 0) -> dict:
     """A random batch of the batch contract (data/pipeline.py), every token a loss token."""
-    from ifp_jax.train.step import STEP_KEYS
+    from ifp_jax.batch import keys
     rng = np.random.default_rng(seed)
     b, t, p = cfg.data.global_batch_size, cfg.data.seq_len, cfg.predictor.max_prompt_len
     v, pv = cfg.model.vocab_size, cfg.predictor.backbone.vocab_size
@@ -114,7 +104,7 @@ def synthetic_batch(cfg: ExperimentConfig, num_tasks: int = NUM_TASKS, seed: int
         "predictor_truncated": np.zeros((b,), np.int32),
         "decoder_truncated": np.zeros((b,), np.int32),
     }
-    assert set(batch) == set(STEP_KEYS), sorted(set(STEP_KEYS) ^ set(batch))
+    assert set(batch) == set(keys("step")), sorted(set(keys("step")) ^ set(batch))
     return batch
 
 
@@ -136,7 +126,7 @@ class JaxArm:
         model = build_model(cfg)
         tx = make_optimizer(cfg.optimizer, cfg.train.steps)
         layout = state_layout(model, cfg, tx, mesh)
-        self.state = create_state(model, cfg, tx, layout, mesh)
+        self.state = create_state(model, cfg, tx, layout=layout, mesh=mesh)
         counts = llm_param_counts(self.state.params["decoder"])
         self.n_llm = counts["total"]
         self.n_llm_embedding = counts["embedding"]
@@ -148,7 +138,8 @@ class JaxArm:
         self.batch = {k: jax.make_array_from_process_local_data(specs[k].sharding, v)
                       for k, v in host.items()}
         t0 = time.perf_counter()  # the step `ifp train` runs, compiled the same way
-        self.compiled = compile_train_step(model, cfg, tx, layout, mesh, num_tasks)
+        self.compiled = compile_train_step(model, cfg, tx, layout=layout, mesh=mesh,
+                                           num_tasks=num_tasks)
         self.compile_s = time.perf_counter() - t0
         self._jax = jax
         self.last_sums = None

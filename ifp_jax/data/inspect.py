@@ -31,10 +31,9 @@ def inspect(data_cfg: DataConfig, predictor_len: int, split: str = "train",
     """A plain-text report of every task of data_cfg.mixture (see the module doc)."""
     manifest = None
     if data_cfg.prepared_dir:
-        from ifp_jax.data.prepare import fingerprint
         manifest = prepared.load_manifest(data_cfg.prepared_dir)
         prepared.check_fingerprint(data_cfg.prepared_dir, manifest,
-                                   fingerprint(data_cfg, predictor_len))
+                                   tasks.mixture_fingerprint(data_cfg, predictor_len))
     tasks.register_all(data_cfg, predictor_len)
     llm, pred = get_vocabulary(data_cfg.vocabulary), get_vocabulary(data_cfg.predictor_vocabulary)
     source = f"prepared {data_cfg.prepared_dir}" if manifest else "in memory (SeqIO)"

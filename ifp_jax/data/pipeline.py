@@ -30,6 +30,7 @@ from ifp_jax.data import prepared, tasks
 from ifp_jax.data.batching import BatchAssembler
 from ifp_jax.errors import DataError
 from ifp_jax.tf_import import seqio, tf  # TensorFlow imported quietly, once
+from ifp_jax.selection.prompt import kept_window, predictor_tokens
 from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 _FEATURES = ("predictor_tokens", "inputs", "targets")
@@ -122,8 +123,8 @@ def to_contract(examples: dict, predictor_max_len: int, seq_len: int) -> dict[st
     out = {"predictor_tokens": np.zeros((n, p), np.int32),
            "decoder_target_tokens": np.zeros((n, t), np.int32)}
     # The predictor keeps a prompt's LAST p tokens: it reads the last one.
-    kept = np.minimum(lp, p)
-    _place(out["predictor_tokens"], pred, lp - kept, kept, np.zeros(n, np.int64))
+    start, kept = kept_window(lp, p)
+    _place(out["predictor_tokens"], pred, start, kept, np.zeros(n, np.int64))
     # Over-long: the prompt loses tokens from the left first, then the response from the right.
     kr = np.minimum(lt, t)
     kp = np.minimum(li, t - kr)
@@ -235,10 +236,9 @@ def _train_splits(task_names: list[str], rates: dict, data_cfg: DataConfig,
                   predictor_max_len: int) -> list:
     """Per task: its train split in memory or prepared on disk (None for rate 0)."""
     if data_cfg.prepared_dir:
-        from ifp_jax.data.prepare import fingerprint
         manifest = prepared.load_manifest(data_cfg.prepared_dir)
         prepared.check_fingerprint(data_cfg.prepared_dir, manifest,
-                                   fingerprint(data_cfg, predictor_max_len))
+                                   tasks.mixture_fingerprint(data_cfg, predictor_max_len))
     out = []
     for name in task_names:
         if rates[name] <= 0:
@@ -263,7 +263,6 @@ def _instruction_tokens(task_names: list[str], data_cfg: DataConfig,
     """Per task: its instruction text as predictor tokens [P], or None if it has none."""
     from ifp_jax.config import ConfigError
     from ifp_jax.data.skills import task_instruction
-    from ifp_jax.export.selection import predictor_tokens
     vocab = get_vocabulary(data_cfg.predictor_vocabulary)
     out = []
     for name in task_names:

@@ -17,7 +17,6 @@ a single-process preparation when n = 1).
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -33,17 +32,6 @@ from ifp_jax.tf_import import seqio
 from ifp_jax.safe_names import plain_name
 
 PLAN = "prepare.json"  # the fingerprint and process count a (partial) preparation was started with
-
-
-def fingerprint(data_cfg: DataConfig, predictor_max_len: int) -> dict:
-    """Every choice that changes the prepared examples (not rates, seeds or batch sizes, which
-    only change how they are drawn)."""
-    tasks.register_all(data_cfg, predictor_max_len)
-    names = tasks.mixture_rates(dataclasses.replace(data_cfg, rates={}))
-    return {"mixture": data_cfg.mixture, "seq_len": data_cfg.seq_len,
-            "predictor_max_len": predictor_max_len, "vocabulary": data_cfg.vocabulary,
-            "predictor_vocabulary": data_cfg.predictor_vocabulary,
-            "tasks": {name: tasks.task_fingerprint(name) for name in names}}
 
 
 def _part_name(index: int, count: int) -> str:
@@ -122,7 +110,7 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_inde
     manifest once every part of every process is done (else None)."""
     if not 0 <= process_index < process_count:
         raise DataError(f"--process-index {process_index} must be in 0..{process_count - 1}")
-    fp = fingerprint(data_cfg, predictor_max_len)
+    fp = tasks.mixture_fingerprint(data_cfg, predictor_max_len)
     names = list(fp["tasks"])
     splits = {name: list(seqio.get_mixture_or_task(name).splits) for name in names}
     _check_path_names(splits)

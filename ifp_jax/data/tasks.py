@@ -17,6 +17,7 @@ it removes and re-adds each task, so a process can switch vocabularies or chunk 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -58,6 +59,18 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict:
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
     hits = sum(t == p for t, p in zip(targets, predictions))
     return {"exact_match": hits / max(len(targets), 1)}
+
+
+def mixture_fingerprint(data_cfg: DataConfig, predictor_max_len: int) -> dict:
+    """Every choice that changes the prepared examples of the mixture (not rates, seeds or batch
+    sizes, which only change how they are drawn): what `ifp data prepare` records and a
+    prepared directory's reader checks."""
+    register_all(data_cfg, predictor_max_len)
+    names = mixture_rates(dataclasses.replace(data_cfg, rates={}))
+    return {"mixture": data_cfg.mixture, "seq_len": data_cfg.seq_len,
+            "predictor_max_len": predictor_max_len, "vocabulary": data_cfg.vocabulary,
+            "predictor_vocabulary": data_cfg.predictor_vocabulary,
+            "tasks": {name: task_fingerprint(name) for name in names}}
 
 
 def task_fingerprint(name: str) -> str:

@@ -7,17 +7,9 @@ task's own `metric_fns`. Text tasks (CPT, `metric_fns=[]`): the model's forward 
 gives the training loss's per-token cross-entropy (train/loss.py) on the loss-weighted target
 tokens (chunk k+1 after chunks 1..k); perplexity = exp(mean NLL over the task's target tokens).
 Examples are the first `DataConfig.eval_examples_per_task` of each task's split ('validation',
-held out, by default). Where the mask comes from:
-
-  per-input  the predictor reads the example's own prompt (the run's pruning mode)
-  per-task   the predictor reads the task's instruction text once (`skills.task_instruction`);
-             every example of the task uses that one mask (PAPER.md §3). Text tasks have no
-             instruction: they get per-input masks (the predictor reads chunk k)
-  static     the run's learned input-independent mask (pruning mode 'static')
-  griffin    training-free: the LLM's own top-k FFN units by activation over the prompt
-             (GRIFFIN, `kv_decoder.griffin_scores`; for a text task: chunks 1..k); any run,
-             dense ones included
-  dense      no mask: the whole LLM
+held out, by default). The masks (per-input, per-task, static, griffin, dense) are chosen by
+ifp_jax/selection/batch_masks.py; a text task has no instruction, so per-task mode gives it
+per-input masks (the predictor reads chunk k), and GRIFFIN reads chunks 1..k.
 """
 
 from __future__ import annotations
@@ -32,20 +24,21 @@ import numpy as np
 import seqio
 from jax.sharding import Mesh
 
+from ifp_jax import batch as batch_lib
 from ifp_jax import metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.data import pipeline
+from ifp_jax.data.skills import task_instruction
 from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.infer.generate import greedy_continuation, prompt_only_inputs
-from ifp_jax.infer.kv_decoder import griffin_scores
-from ifp_jax.model.soft_topk import topk_indicator
+from ifp_jax.selection.batch_masks import batch_mask, per_task_masks
 from ifp_jax.model.ifp import IFPModel
 from ifp_jax.train.loss import output_cross_entropy
 
-EVAL_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_loss_weights")
-NLL_KEYS = EVAL_KEYS + ("decoder_target_tokens",)
+EVAL_KEYS = batch_lib.keys("eval")  # greedy decoding for exact match
+NLL_KEYS = batch_lib.keys("nll")  # perplexity of text tasks
 
 
 @dataclasses.dataclass
@@ -78,34 +71,11 @@ def _exact_match_from_metrics(values: dict) -> float:
     raise ValueError(f"task metrics {sorted(values)} have no exact_match")
 
 
-MASKS = ("per-input", "per-task", "static", "griffin", "dense")
-
-
-def select_mask(model: IFPModel, mode: str, temperature: float, params: Any, batch: dict,
-                mask_table: jax.Array | None) -> jax.Array | None:
-    """The eval mask [B, L, F] of a batch (None in dense mode; traceable).
-
-    mask_table [n_tasks, L, F]: rows picked by batch['task_index'] [B]; else mode 'griffin': the
-    LLM scores its own units on the prompt; else the predictor (or static scores) select through
-    `IFPModel.select` with the run's eval mask."""
-    if mask_table is not None:
-        return mask_table[batch["task_index"]]
-    if mode == "griffin":
-        inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
-                                           batch["decoder_loss_weights"])
-        scores = griffin_scores(params["decoder"], model.model_cfg, inputs, start + 1,
-                                model.dtype)
-        return topk_indicator(scores, model.pruning_cfg.keep_k)
-    mask, _, _ = model.apply({"params": params}, batch, mode=mode, temperature=temperature,
-                             train=False, method=IFPModel.select)
-    return mask
-
-
 def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int):
     """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
     zeros).
 
-    The mask comes from `select_mask`; the decoder then prefills the prompt and decodes greedily
+    The mask comes from `selection.batch_masks.batch_mask`; the decoder then prefills the prompt and decodes greedily
     over a KV cache with that mask (none in dense mode): the same tokens as recomputing the
     sequence per token (`greedy_decode_full`, tests/test_generate.py).
     """
@@ -113,7 +83,8 @@ def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int)
     def run(params, batch, mask_table):
         inputs, start = prompt_only_inputs(batch["decoder_input_tokens"],
                                            batch["decoder_loss_weights"])
-        mask = select_mask(model, mode, temperature, params, batch, mask_table)
+        mask = batch_mask(model, mode=mode, temperature=temperature, params=params,
+                          batch=batch, mask_table=mask_table)
         generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
                                         num_steps, mask, model.dtype)
         return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
@@ -125,14 +96,15 @@ def make_nll_fn(model: IFPModel, cfg: ExperimentConfig, mode: str, temperature: 
     """Returns fn(params, batch) -> (summed NLL [B], loss weight [B]) over each example's
     loss-weighted target tokens.
 
-    The mask is `select_mask`'s per example (no mask table: text tasks have no instruction to
+    The mask is `batch_mask`'s per example (no mask table: text tasks have no instruction to
     select a per-task mask from); the loss is the train step's (`step._token_losses`): the
     model's forward with that mask, then whole or chunked cross-entropy (train/loss.py).
     """
     chunk = cfg.train.logits_chunk_len
 
     def run(params, batch):
-        mask = select_mask(model, mode, temperature, params, batch, None)
+        mask = batch_mask(model, mode=mode, temperature=temperature, params=params,
+                          batch=batch)
         out = model.apply({"params": params}, batch,
                           mode="dense" if mask is None else "given", given_mask=mask,
                           train=False, return_hidden=chunk > 0)
@@ -141,30 +113,6 @@ def make_nll_fn(model: IFPModel, cfg: ExperimentConfig, mode: str, temperature: 
         return (ce * weights).sum(1), weights.sum(1)
 
     return run
-
-
-def per_task_masks(model: IFPModel, params: Any, cfg: ExperimentConfig, task_names: list[str],
-                   mode: str | None = None) -> jax.Array:
-    """[n_tasks, L, F]: row t is the mask the predictor selects from task t's instruction text
-    alone (the run's pruning mode and eval mask), computed once per task."""
-    from ifp_jax.data.skills import task_instruction
-    from ifp_jax.export.selection import predictor_tokens
-    mode = mode or cfg.pruning.mode
-    if mode not in ("soft", "hard"):
-        from ifp_jax.config import ConfigError
-        raise ConfigError(f"per-task masks need a run whose predictor selects units (pruning.mode "
-                          f"soft or hard), not {mode!r}")
-    vocab = vocab_lib.get_vocabulary(cfg.data.predictor_vocabulary)
-    tokens = np.concatenate([predictor_tokens(vocab, task_instruction(name,
-                                                                      cfg.data.jsonl_path),
-                                              cfg.predictor.max_prompt_len)
-                             for name in task_names])
-    batch = {"predictor_tokens": tokens,
-             "decoder_input_tokens": np.zeros((len(task_names), 1), np.int32)}
-    select = jax.jit(lambda p, b: model.apply({"params": p}, b, mode=mode,
-                                              temperature=cfg.pruning.temperature_end,
-                                              train=False, method=IFPModel.select)[0])
-    return jax.device_get(select(params, batch))
 
 
 def _padded_batches(arrays: dict[str, np.ndarray], mesh: Mesh, batch_size: int
@@ -190,7 +138,7 @@ def _load_examples(cfg: ExperimentConfig, names: list[str], split: str) -> list[
             for name in names]
 
 
-def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
+def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh, *,
              task_names: list[str] | None = None, mode: str | None = None,
              batch_size: int = 256, num_samples: int = 3, per_task: bool = False,
              split: str = "validation", text_task_names: list[str] | None = None) -> EvalResult:
@@ -209,21 +157,35 @@ def evaluate(model: IFPModel, params: Any, cfg: ExperimentConfig, mesh: Mesh,
     text_task_names = list(text_task_names or [])
     temperature = cfg.pruning.temperature_end
 
-    per_task_em, samples, stats, kept, task_of = {}, {}, {}, None, None
+    run = _EvalRun(model=model, params=params, cfg=cfg, mesh=mesh, mode=mode,
+                   temperature=temperature, batch_size=batch_size, split=split)
+    result = EvalResult(per_task={}, mask_stats={}, samples={})
     if task_names:
-        per_task_em, samples, stats, kept, task_of = _exact_match(
-            model, params, cfg, mesh, task_names, mode, temperature, batch_size, num_samples,
-            per_task, split)
-    perplexity = {}
+        result = _exact_match(run, task_names, num_samples=num_samples, per_task=per_task)
     if text_task_names:
-        perplexity = _perplexity(model, params, cfg, mesh, text_task_names, mode, temperature,
-                                 batch_size, split)
-    return EvalResult(per_task=per_task_em, mask_stats=stats, samples=samples, kept=kept,
-                      task_of=task_of, perplexity=perplexity)
+        result = dataclasses.replace(result, perplexity=_perplexity(run, text_task_names))
+    return result
 
 
-def _exact_match(model, params, cfg, mesh, task_names, mode, temperature, batch_size,
-                 num_samples, per_task, split):
+@dataclasses.dataclass(frozen=True)
+class _EvalRun:
+    """What every evaluation of one call shares: the model and params, where they run, how the
+    masks are selected, and the split read."""
+    model: IFPModel
+    params: Any
+    cfg: ExperimentConfig
+    mesh: Mesh
+    mode: str
+    temperature: float
+    batch_size: int
+    split: str
+
+
+def _exact_match(run: _EvalRun, task_names: list[str], *, num_samples: int,
+                 per_task: bool) -> EvalResult:
+    """Exact match per instruction task (perplexity left empty)."""
+    model, params, cfg, mesh, mode = run.model, run.params, run.cfg, run.mesh, run.mode
+    temperature, batch_size, split = run.temperature, run.batch_size, run.split
     vocab = vocab_lib.get_vocabulary(cfg.data.vocabulary)
     examples = _load_examples(cfg, task_names, split)
     arrays = {k: np.concatenate([e[k] for e in examples]) for k in EVAL_KEYS}
@@ -234,7 +196,8 @@ def _exact_match(model, params, cfg, mesh, task_names, mode, temperature, batch_
     table = None
     if per_task:
         with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-            table = per_task_masks(model, params, cfg, task_names, mode)
+            table = per_task_masks(model, params, cfg, mode=mode, instructions=(
+                task_instruction(name, cfg.data.jsonl_path) for name in task_names))
         arrays["task_index"] = task_of
 
     run = make_eval_fn(model, mode, temperature, num_steps)
@@ -267,12 +230,14 @@ def _exact_match(model, params, cfg, mesh, task_names, mode, temperature, batch_
         stats = metric.compute(mask_statistics(all_masks, None, jnp.asarray(task_of),
                                                len(task_names), cfg.pruning.keep_k))
         kept = np.asarray(all_masks) != 0
-    return per_task_em, samples, stats, kept, task_of
+    return EvalResult(per_task=per_task_em, mask_stats=stats, samples=samples, kept=kept,
+                      task_of=task_of)
 
 
-def _perplexity(model, params, cfg, mesh, text_task_names, mode, temperature, batch_size,
-                split) -> dict[str, float]:
+def _perplexity(run: _EvalRun, text_task_names: list[str]) -> dict[str, float]:
     """Text task -> exp(mean NLL over its examples' loss-weighted target tokens)."""
+    model, params, cfg, mesh, mode = run.model, run.params, run.cfg, run.mesh, run.mode
+    temperature, batch_size, split = run.temperature, run.batch_size, run.split
     examples = _load_examples(cfg, text_task_names, split)
     arrays = {k: np.concatenate([e[k] for e in examples]) for k in NLL_KEYS}
     total = len(arrays["decoder_loss_weights"])

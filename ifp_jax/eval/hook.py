@@ -39,7 +39,7 @@ class EvaluateHeldOut:
         names = pipeline.eval_task_names(cfg.data)
         if not names:
             return
-        result = evaluate(ctx.model, params, cfg, ctx.mesh, names)
+        result = evaluate(ctx.model, params, cfg, ctx.mesh, task_names=names)
         metrics = {f"eval/exact_match/{k}": v for k, v in result.per_task.items()}
         metrics["eval/mean_exact_match"] = result.mean
         metrics.update({f"eval/{k}": v for k, v in result.mask_stats.items()})

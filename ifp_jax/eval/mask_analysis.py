@@ -97,7 +97,7 @@ def plot_collapse_signals(metrics_path: str, path: str) -> bool:
     return True
 
 
-def write_mask_report(out_dir: str, masks: np.ndarray, task_of: np.ndarray,
+def write_mask_report(out_dir: str, *, masks: np.ndarray, task_of: np.ndarray,
                       names: list[str], title: str, metrics_path: str | None = None) -> dict:
     """overlap.json + one heatmap per layer group (+ collapse.png) into out_dir; returns the
     JSON object (group -> {'matrix', 'within', 'across'}, plus 'tasks')."""

@@ -22,14 +22,14 @@ import os
 import jax
 
 from ifp_jax import json_files
-from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config, replace
 from ifp_jax.data import pipeline, tasks
-from ifp_jax.eval.evaluate import MASKS, EvalResult, evaluate
+from ifp_jax.eval.evaluate import EvalResult, evaluate
+from ifp_jax.selection.batch_masks import MASKS
 from ifp_jax.eval.mask_analysis import write_mask_report
+from ifp_jax.runs import open_run
 from ifp_jax.safe_names import plain_name
-from ifp_jax.train.state import build_model, params_layout
-from ifp_jax.workdir_params import restore_params
+from ifp_jax.workdir import metrics_path
 
 
 def default_mask(cfg: ExperimentConfig) -> str:
@@ -87,7 +87,7 @@ def _json_safe(value):
     return value
 
 
-def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | None = None,
+def evaluate_workdir(workdir: str, *, mask: str | None = None, eval_mask: str | None = None,
                      as_json: bool = False, verbose: bool = True, split: str = "validation"
                      ) -> tuple[ExperimentConfig, EvalResult]:
     """Evaluates `workdir` with its own config under `mask` (MASKS; default `default_mask`) and
@@ -103,11 +103,10 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
     names = pipeline.eval_task_names(cfg.data)
     text_names = pipeline.eval_task_names(cfg.data, text=True)
     check_split(split, names + text_names)  # before any model work
-    mesh = shd.make_mesh(cfg.mesh)
-    model = build_model(cfg)
-    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
-    result = evaluate(model, params, cfg, mesh, names, mode=mode, per_task=per_task,
-                      split=split, text_task_names=text_names)
+    run = open_run(workdir, cfg=cfg)
+    step = run.step
+    result = evaluate(run.model, run.params, cfg, run.mesh, task_names=names, mode=mode,
+                      per_task=per_task, split=split, text_task_names=text_names)
     suffix = _suffix(mask, cfg.pruning.eval_mask, split)
     record = {"workdir": os.path.abspath(workdir), "step": step, "mask": mask,
               "eval_mask": cfg.pruning.eval_mask, "split": split, "per_task": result.per_task,
@@ -117,10 +116,11 @@ def evaluate_workdir(workdir: str, mask: str | None = None, eval_mask: str | Non
     if jax.process_index() == 0:
         if result.kept is not None:
             report_dir = os.path.join(workdir, f"masks_{suffix}")
-            write_mask_report(report_dir, result.kept, result.task_of, list(result.per_task),
-                              f"{os.path.basename(os.path.abspath(workdir))}, {mask} masks"
+            write_mask_report(report_dir, masks=result.kept, task_of=result.task_of,
+                              names=list(result.per_task),
+                              title=f"{os.path.basename(os.path.abspath(workdir))}, {mask} masks"
                               + ("" if split == "validation" else f", {split} split"),
-                              os.path.join(workdir, "metrics.jsonl"))
+                              metrics_path=metrics_path(workdir))
             record["mask_report"] = report_dir
         record = _json_safe(record)
         json_files.write_json(results_path(workdir, mask, cfg.pruning.eval_mask, split), record,

@@ -199,7 +199,7 @@ def active_ffn_params(cfg: ExperimentConfig, units: int) -> int:
 
 
 def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int = 2,
-                overrides: list[str] | None = None, log=print, distill_static: bool = False,
+                overrides: list[str] | None = None, *, log=print, distill_static: bool = False,
                 jobs: int = 1, only_seed: int | None = None) -> dict | None:
     """Trains and evaluates every arm for seeds 0..seeds-1, then writes the report. With
     `jobs` > 1 the seeds run in that many `ifp compare --only-seed S` processes at once (on a
@@ -212,10 +212,11 @@ def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int =
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if jobs > 1 and only_seed is None and seeds > 1:
-        _seeds_in_processes(workdir, comparison, seeds, overrides, distill_static, jobs, log)
+        _seeds_in_processes(workdir, comparison, seeds, overrides,
+                            distill_static=distill_static, jobs=jobs, log=log)
     runs: dict[int, dict] = {}
     for seed in range(seeds) if only_seed is None else [only_seed]:
-        runs[seed] = _run_seed(workdir, comparison, seed, overrides, arms, log)
+        runs[seed] = _run_seed(workdir, comparison, seed, overrides, arms=arms, log=log)
     if only_seed is not None:
         return None
     source_cfg = stage_config(comparison, ARMS["source"][0], 0, overrides, {})
@@ -225,8 +226,8 @@ def run_compare(workdir: str, comparison: str = DEFAULT_COMPARISON, seeds: int =
     return report
 
 
-def _run_seed(workdir: str, comparison: str, seed: int, overrides: list[str], arms: list[str],
-              log) -> dict:
+def _run_seed(workdir: str, comparison: str, seed: int, overrides: list[str], *,
+              arms: list[str], log) -> dict:
     """One seed: every arm's stages trained (or reused), then every evaluation."""
     base = os.path.join(workdir, f"seed{seed}")
     stages: dict[str, dict] = {}
@@ -249,7 +250,7 @@ def _run_seed(workdir: str, comparison: str, seed: int, overrides: list[str], ar
     return {"stages": stages, "evals": evals}
 
 
-def _seeds_in_processes(workdir: str, comparison: str, seeds: int, overrides: list[str],
+def _seeds_in_processes(workdir: str, comparison: str, seeds: int, overrides: list[str], *,
                         distill_static: bool, jobs: int, log) -> None:
     """Each seed in its own `ifp compare --only-seed S` process, `jobs` at a time; their output
     goes to DIR/seed<S>.log."""
@@ -260,7 +261,7 @@ def _seeds_in_processes(workdir: str, comparison: str, seeds: int, overrides: li
     while pending or running:
         while pending and len(running) < jobs:
             seed = pending.pop(0)
-            cmd = [sys.executable, "-m", "ifp_jax.cli", "compare", comparison, "--workdir",
+            cmd = [sys.executable, "-m", "ifp_jax", "compare", comparison, "--workdir",
                    workdir, "--seeds", str(seeds), "--only-seed", str(seed), *overrides]
             cmd += ["--distill-static"] if distill_static else []
             out = open(os.path.join(workdir, f"seed{seed}.log"), "a")

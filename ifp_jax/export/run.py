@@ -55,15 +55,13 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
 
     from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.export import manifest
-    from ifp_jax.export.selection import predictor_tokens, select_units
+    from ifp_jax.selection.prompt import predictor_tokens
+    from ifp_jax.selection.units import select_units
     from ifp_jax.export.small_model import gather_small_decoder, to_host
-    from ifp_jax.train.state import build_model, params_layout
-    from ifp_jax.workdir_params import restore_params
-    from ifp_jax import sharding as shd
+    from ifp_jax.runs import open_run
 
-    model = build_model(cfg)
-    mesh = shd.make_mesh(cfg.mesh)
-    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
+    run = open_run(workdir, cfg=cfg)
+    model, params, step = run.model, run.params, run.step
     tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), text,
                               cfg.predictor.max_prompt_len)
     selection = select_units(model, params, cfg, tokens, eval_mask)
@@ -79,7 +77,8 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".ifp-export-", dir=parent)
     try:
-        write_formats(tmp, small_cfg, small, cfg.data.vocabulary, meta, formats)
+        write_formats(tmp, cfg=small_cfg, params=small, vocabulary=cfg.data.vocabulary,
+                      meta=meta, formats=formats)
         with open(os.path.join(tmp, "export.json"), "w") as f:
             json.dump(meta, f, indent=2)
         if os.path.exists(out):  # --overwrite: the old export goes only once the new is whole
@@ -94,7 +93,7 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     return meta
 
 
-def write_formats(out: str, cfg, params: dict, vocabulary: str, meta: dict,
+def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
                   formats: tuple[str, ...]) -> None:
     """Writes the small dense model `params` (numpy, our layout) in each requested format."""
     from ifp_jax.vocab.light import get_light_vocabulary

@@ -1,6 +1,6 @@
 """Reading an `ifp import-hf` directory, and adopting its architecture into an experiment.
 
-Layout (written by hf/import_cli.py):
+Layout (written by hf/import_hf.py):
     DIR/ifp_import.json   {"kind": "llm"|"predictor", "model": ModelConfig dict, "source": SRC,
                            "vocabulary": "<DIR>/tokenizer.json" or "byte", "hf_config": {...}}
     DIR/params/           orbax PyTree checkpoint of the decoder params (f32, scan layout)

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from ifp_jax.config import ExperimentConfig
-from ifp_jax.export.selection import Selection, Selector, predictor_tokens
+from ifp_jax.selection.prompt import predictor_tokens
+from ifp_jax.selection.units import Selection, Selector
 from ifp_jax.infer.kv_decoder import gather_fused_mlp, inference_params
 
 

@@ -25,18 +25,22 @@ import shutil
 import sys
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
-import jax
-
 from ifp_jax import config as config_lib
+from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
 from ifp_jax.train.preflight import GB
-from ifp_jax.train.run_errors import (CheckpointWriteError, quiet_orbax_tracebacks,
-                                     report_failed_save, short_cause)
+from ifp_jax.train.run_errors import (
+    CheckpointWriteError,
+    quiet_orbax_tracebacks,
+    report_failed_save,
+    short_cause,
+)
 
-CONFIG_FILE = config_lib.WORKDIR_CONFIG
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
 STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
 
@@ -45,8 +49,8 @@ class Checkpointer:
     """Thin wrapper over orbax.CheckpointManager: save/restore state + data position."""
 
     def __init__(self, workdir: str, cfg: CheckpointConfig):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.checksum_dir = os.path.join(os.path.abspath(workdir), "checksums")
+        self.directory = workdir_lib.checkpoints_dir(os.path.abspath(workdir))
+        self.checksum_dir = os.path.join(os.path.abspath(workdir), workdir_lib.CHECKSUMS)
         self.verify = cfg.verify
         self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
         self._in_flight: int | None = None  # the step an async save is writing
@@ -207,8 +211,8 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path} is not valid JSON ({e}); move it away or use a new "
                                   f"--workdir") from None
-        has_ckpt = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
-            name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+        directory = workdir_lib.checkpoints_dir(workdir)
+        has_ckpt = os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
         changed = _changed_keys(old, new)
         if has_ckpt:
             if old.get("name") != cfg.name:

@@ -10,32 +10,30 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from ifp_jax import batch as batch_lib
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.model.ifp import IFPModel
 from ifp_jax.train.state import StateLayout
 from ifp_jax.train.step import make_train_step
-from ifp_jax.train.teacher import teacher_batch_layout
 
 
 def batch_layout(cfg: ExperimentConfig, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global train-batch shapes/dtypes (the STEP_KEYS, plus the teacher's arrays when
-    distilling: train/teacher.py), batch dim over ('data', 'fsdp')."""
-    b, t, p = cfg.data.global_batch_size, cfg.data.seq_len, cfg.predictor.max_prompt_len
-    shapes = {"predictor_tokens": ((b, p), jnp.int32), "decoder_input_tokens": ((b, t), jnp.int32),
-              "decoder_target_tokens": ((b, t), jnp.int32),
-              "decoder_loss_weights": ((b, t), jnp.float32), "task_id": ((b,), jnp.int32),
-              "predictor_truncated": ((b,), jnp.int32), "decoder_truncated": ((b,), jnp.int32)}
-    return {**{k: jax.ShapeDtypeStruct(shape, dtype, sharding=shd.batch_sharding(mesh, len(shape)))
-               for k, (shape, dtype) in shapes.items()}, **teacher_batch_layout(cfg, mesh)}
+    """Global train-batch shapes/dtypes of the step's fields (ifp_jax/batch.py: the pipeline's,
+    plus the teacher's arrays when distilling), batch dim over ('data', 'fsdp')."""
+    out = {}
+    for f in batch_lib.step_fields(cfg):
+        shape = (cfg.data.global_batch_size,) + batch_lib.example_shape(f, cfg)
+        out[f.name] = jax.ShapeDtypeStruct(shape, f.dtype,
+                                           sharding=shd.batch_sharding(mesh, len(shape)))
+    return out
 
 
 def compile_train_step(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
-                       layout: StateLayout, mesh: Mesh, num_tasks: int) -> jax.stages.Compiled:
+                       *, layout: StateLayout, mesh: Mesh, num_tasks: int) -> jax.stages.Compiled:
     """step(state, batch) -> (state, metrics), compiled for `mesh` with the state donated."""
     step = make_train_step(model, cfg, tx, num_tasks)
     batch = batch_layout(cfg, mesh)

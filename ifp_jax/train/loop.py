@@ -112,7 +112,8 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                                     cfg.checkpoint.keep)
         print_primary(f"[ifp] {disk}")
     t0 = time.time()
-    step_fn = compile_train_step(model, cfg, tx, layout, mesh, len(batches.task_names))
+    step_fn = compile_train_step(model, cfg, tx, layout=layout, mesh=mesh,
+                                 num_tasks=len(batches.task_names))
     print_primary(f"[ifp] train step compiled in {time.time() - t0:.1f}s")
     print_primary(f"[ifp] {preflight.device_memory_line(step_fn, cfg)}")
     teacher = Teacher(cfg, mesh) if cfg.distill.teacher else None
@@ -131,7 +132,8 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
     else:
         start = 0
         events = RunEvents()
-        state = create_state(model, cfg, tx, layout, mesh, stage_init(cfg, mesh))
+        state = create_state(model, cfg, tx, layout=layout, mesh=mesh,
+                             params_override=stage_init(cfg, mesh))
     events.skipped_checkpoints += ckpt.skipped_steps
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     print_primary(f"[ifp] {cfg.name}: LLM {count(state.params['decoder'])/1e6:.2f}M params, "

@@ -11,6 +11,7 @@ import time
 
 import jax
 
+from ifp_jax import workdir as workdir_lib
 from ifp_jax.host_memory import process_tree_rss_mib
 
 
@@ -34,11 +35,11 @@ class MetricsWriter:
         self._tb = None
         if self.primary:
             os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, "metrics.jsonl")
+            path = workdir_lib.metrics_path(workdir)
             drop_torn_tail(path)
             self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD))
         self._t0 = time.time()
         self._window_start = (time.time(), None)
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import jax
 
-from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
+from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.hf import imported
-from ifp_jax.workdir_params import restore_params
+from ifp_jax.runs import open_run
 from ifp_jax.train.metrics import print_primary
-from ifp_jax.train.state import build_model, params_layout
 
 
 def _graft(params: dict, source: dict, key: str, origin: str) -> dict:
@@ -31,9 +30,7 @@ def source_params(workdir: str, mesh, like: Any = None) -> dict:
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
         return imported.restore_import_params(workdir, abstract)
-    src_cfg = load_workdir_config(workdir)
-    abstract = params_layout(build_model(src_cfg), src_cfg, mesh)
-    return restore_params(workdir, abstract, hint="train that stage first")[1]
+    return open_run(workdir, mesh=mesh, hint="train that stage first").params
 
 
 def stage_init(cfg: ExperimentConfig, mesh):

@@ -19,10 +19,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
+from ifp_jax import batch as batch_lib
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.model.attention import splash_supported
@@ -69,12 +69,9 @@ def build_model(cfg: ExperimentConfig, platform: str | None = None) -> IFPModel:
 
 
 def dummy_batch(cfg: ExperimentConfig, batch_size: int = 1) -> dict:
-    """A zero batch of the right shapes, for init and AOT compilation."""
-    t, p = cfg.data.seq_len, cfg.predictor.max_prompt_len
-    return {
-        "predictor_tokens": np.ones((batch_size, p), np.int32),
-        "decoder_input_tokens": np.zeros((batch_size, t), np.int32),
-    }
+    """A placeholder batch of the fields init reads (ifp_jax/batch.py), for init and AOT
+    compilation."""
+    return batch_lib.placeholder(cfg, batch_size, "init")
 
 
 def _init_params_boxed(model: IFPModel, cfg: ExperimentConfig, rng: jax.Array):
@@ -155,7 +152,7 @@ def state_layout(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     return StateLayout(abstract=abstract, shardings=shardings, logical_specs=specs)
 
 
-def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation,
+def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTransformation, *,
                  layout: StateLayout, mesh: Mesh,
                  params_override: Callable[[Any], Any] | None = None) -> TrainState:
     """Initialises the state directly into its shardings (no host-side full copy).

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ifp_jax import batch as batch_lib
 from ifp_jax import metric
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.metric import Average, Sum
@@ -24,11 +25,11 @@ from ifp_jax.model.mask_stats import mask_statistics
 from ifp_jax.model.soft_topk import balance_loss
 from ifp_jax.train.loss import output_losses
 from ifp_jax.train.state import TrainState
-from ifp_jax.train.teacher import TEACHER_KEYS
 
-# Batch keys the step consumes (everything else stays on the host).
-STEP_KEYS = ("predictor_tokens", "decoder_input_tokens", "decoder_target_tokens",
-             "decoder_loss_weights", "task_id", "predictor_truncated", "decoder_truncated")
+# Batch keys the step consumes from the input pipeline (everything else stays on the host),
+# and the teacher's, computed on device when distilling (ifp_jax/batch.py).
+STEP_KEYS = batch_lib.keys("step")
+TEACHER_KEYS = batch_lib.keys("step", source="teacher")
 
 
 def temperature_at(step: jax.Array, cfg: ExperimentConfig) -> jax.Array:

@@ -28,9 +28,6 @@ from ifp_jax.train.loss import lm_head_kernel
 from ifp_jax.train.stage_init import source_params
 from ifp_jax.train.state import build_model, params_layout
 
-TEACHER_KEYS = ("teacher_ids", "teacher_logprobs")
-
-
 def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """The teacher's config (dense mode), with the student's data and batch settings; a
     teacher whose vocabulary differs from the student's is a one-line ConfigError."""
@@ -52,16 +49,6 @@ def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
             f"{tcfg.model.vocab_size}, the student {cfg.data.vocabulary!r} of size "
             f"{cfg.model.vocab_size}; distil only between models with the same vocabulary")
     return tcfg
-
-
-def teacher_batch_layout(cfg: ExperimentConfig, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes/dtypes of the teacher arrays for the global batch (empty without a teacher)."""
-    if not cfg.distill.teacher:
-        return {}
-    shape = (cfg.data.global_batch_size, cfg.data.seq_len, cfg.distill.top_k)
-    sharding = shd.batch_sharding(mesh, 3)
-    return {"teacher_ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-            "teacher_logprobs": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)}
 
 
 def topk_logprobs(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:

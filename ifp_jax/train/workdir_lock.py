@@ -17,8 +17,8 @@ import socket
 
 from ifp_jax import distributed
 from ifp_jax.config import ConfigError
+from ifp_jax.workdir import LOCK_FILE
 
-LOCK_FILE = ".lock"
 
 
 class WorkdirLock:

@@ -1,4 +1,4 @@
-"""Which FFN units a prompt (or a task's instruction) keeps: the predictor runs once.
+"""Which FFN units one text (a prompt, or a task's instruction) keeps: the predictor runs once.
 
 `select_units` returns, per layer, the k kept unit indices (ascending) and their scales: 1 for
 the 0/1 mask, lambda for the lambda mask (folded into the rows of W_down on export, so the small
@@ -29,18 +29,6 @@ class Selection:
         out = np.zeros((self.keep_idx.shape[0], d_ffn), np.float32)
         np.put_along_axis(out, self.keep_idx, self.scale, axis=1)
         return out
-
-
-def predictor_tokens(vocab, text: str, max_len: int) -> np.ndarray:
-    """Prompt text -> [1, P] int32 as the data pipeline builds it (no EOS; a longer prompt keeps
-    its last P tokens; right-padded with 0)."""
-    ids = list(vocab.encode(text))
-    if not ids:
-        raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
-    ids = ids[-max_len:]
-    out = np.zeros((1, max_len), np.int32)
-    out[0, :len(ids)] = ids
-    return out
 
 
 class Selector:

@@ -1,4 +1,5 @@
-"""`ifp export`: registered on the `ifp` sub-parsers by ifp_jax/cli.py (add_parser)."""
+"""`ifp export --workdir DIR (--prompt T | --instruction T | --task N) --out DIR`: the small dense
+model one selection keeps, as HF / orbax / GGUF (ifp_jax/export/run.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 from ifp_jax.export.run import FORMATS
 
 
-def _cmd_export(args) -> None:
+def run(args) -> None:
     from ifp_jax.export.run import export_workdir
     export_workdir(args.workdir, args.out, prompt=args.prompt, instruction=args.instruction,
                    task=args.task, formats=tuple(args.format), eval_mask=args.eval_mask,
@@ -32,5 +33,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None,
                    help="0/1 top-k or lambda-scaled (default: the run's pruning.eval_mask)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    e.set_defaults(fn=_cmd_export)
+    e.set_defaults(fn=run)
     return e

@@ -1,4 +1,4 @@
-"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]`.
+"""What `ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]` does.
 
 Converts a Hugging Face Llama checkpoint directory (config.json + safetensors, optional
 tokenizer.json) into an import directory (layout: hf/imported.py) that train.init_llm_from /
@@ -8,7 +8,6 @@ written beside itself and renamed into place, so a failed import leaves no parti
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -86,24 +85,3 @@ def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False)
           f"({'tokenizer.json' if has_tokenizer else 'byte vocabulary: no tokenizer.json'}) "
           f"-> {out}")
     return meta
-
-
-def _cmd_import_hf(args) -> None:
-    import_hf(args.src, args.out, kind=args.kind, overwrite=args.overwrite)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers `import-hf` on the `ifp` sub-parsers."""
-    p = subparsers.add_parser(
-        "import-hf", help="import a Hugging Face Llama checkpoint for train.init_*_from",
-        description="Reads SRC (config.json + model.safetensors or sharded safetensors, "
-                    "optional tokenizer.json) and writes DIR, usable as train.init_llm_from "
-                    "(--as llm) or train.init_predictor_from (either kind); the experiment then "
-                    "takes the model's architecture and tokenizer from DIR.")
-    p.add_argument("src", metavar="SRC", help="a Hugging Face model directory")
-    p.add_argument("--out", required=True, metavar="DIR", help="the import directory to write")
-    p.add_argument("--as", dest="kind", choices=KINDS, default="llm",
-                   help="what the model will initialise (default llm)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier import at DIR")
-    p.set_defaults(fn=_cmd_import_hf)
-    return p

@@ -1,16 +1,10 @@
 """`ifp generate`: stream the continuation of one prompt, from a trained run or an exported model.
 
-Registered on the `ifp` sub-parsers by ifp_jax/cli.py (add_parser):
-
     ifp generate (--workdir DIR | --model DIR) --prompt TEXT [--max-new-tokens N]
         [--temperature T] [--top-p P] [--seed S] [--eval-mask hard|lambda] [--verbose]
 
---workdir: the run's config and latest params; the predictor reads the prompt once and picks the
-FFN mask in the run's pruning mode (none when dense), as evaluation and export do
-(export/selection.py). --model: an exported model directory (dense, d_ffn = k, its mask folded
-into the weights). The prompt is formatted as in training: the decoder reads [0] + prompt tokens
-(targets shifted right), the predictor the last max_prompt_len prompt tokens in its own
-vocabulary.
+What the model reads (the prompt formatted as in training, the mask chosen once) is
+ifp_jax/infer/generator.py; this module checks the flags, streams the text and reports timing.
 """
 
 from __future__ import annotations
@@ -19,68 +13,6 @@ import argparse
 import math
 import sys
 import time
-from typing import Any, NamedTuple
-
-
-class Generator(NamedTuple):
-    """What `generate` needs: decoder params and config, an optional FFN mask, vocabulary."""
-
-    params: Any
-    model_cfg: Any  # ModelConfig
-    mask: Any  # [1, L, F] or None
-    vocab: Any  # vocab/light.py.LightVocabulary (no TensorFlow)
-    prompt_ids: list[int]  # the decoder's prompt, formatted as in training
-    dtype: Any
-    note: str  # how the mask was chosen (for --verbose)
-
-
-def _decoder_prompt(vocab, prompt: str) -> list[int]:
-    # Training inputs are the targets shifted right with 0 first (data/pipeline.py).
-    return [0] + list(vocab.encode(prompt))
-
-
-def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
-    """Restores a run (params only) and selects the prompt's mask with its predictor."""
-    from ifp_jax import sharding as shd
-    from ifp_jax.vocab.light import get_light_vocabulary
-    from ifp_jax.export.selection import Selector, predictor_tokens
-    from ifp_jax.config import load_workdir_config
-    from ifp_jax.train.state import build_model, params_layout
-    from ifp_jax.workdir_params import restore_params
-
-    cfg = load_workdir_config(workdir)
-    mesh = shd.make_mesh(cfg.mesh)
-    model = build_model(cfg)
-    step, params = restore_params(workdir, params_layout(model, cfg, mesh))
-    vocab = get_light_vocabulary(cfg.data.vocabulary)
-    tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), prompt,
-                              cfg.predictor.max_prompt_len)
-    sel = Selector(model, cfg, eval_mask)(params, tokens)
-    note = f"{workdir} @ step {step}, mode={sel.mode}"
-    mask = None
-    if sel.mode != "dense":  # dense keeps every unit: no mask at all
-        mask = sel.dense_mask(cfg.model.d_ffn)[None]
-        note += f", eval_mask={sel.eval_mask}, k={cfg.pruning.keep_k}/{cfg.model.d_ffn}"
-    return Generator(params["decoder"], model.model_cfg, mask, vocab,
-                     _decoder_prompt(vocab, prompt), model.dtype, note)
-
-
-def from_exported(model_dir: str, prompt: str) -> Generator:
-    """An exported (already gathered, dense) model: no predictor, no mask."""
-    import jax.numpy as jnp
-
-    from ifp_jax.vocab.light import get_light_vocabulary
-    from ifp_jax.export.orbax_io import load_exported
-
-    model_cfg, params, vocab_spec = load_exported(model_dir)
-    vocab = get_light_vocabulary(vocab_spec)
-    if vocab.vocab_size > model_cfg.vocab_size:  # a larger id would be clamped silently
-        from ifp_jax.config import ConfigError
-        raise ConfigError(f"{model_dir}: its vocabulary has {vocab.vocab_size} ids but the "
-                          f"model has vocab_size={model_cfg.vocab_size}; export the model again "
-                          f"with the vocabulary it was trained with")
-    return Generator(params, model_cfg, None, vocab, _decoder_prompt(vocab, prompt),
-                     jnp.float32, f"{model_dir} (exported, d_ffn={model_cfg.d_ffn})")
 
 
 def check_settings(args) -> None:
@@ -104,8 +36,9 @@ def check_settings(args) -> None:
                           "folded into its weights")
 
 
-def _cmd_generate(args) -> None:
+def run(args) -> None:
     from ifp_jax.infer.generate import stream
+    from ifp_jax.infer.generator import from_exported, from_workdir
 
     check_settings(args)
     g = (from_workdir(args.workdir, args.prompt, args.eval_mask) if args.workdir
@@ -166,5 +99,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="override the run's pruning.eval_mask (--workdir only)")
     g.add_argument("--verbose", action="store_true",
                    help="mask choice and prefill / decode timing on stderr")
-    g.set_defaults(fn=_cmd_generate)
+    g.set_defaults(fn=run)
     return g

@@ -1,7 +1,5 @@
-"""`ifp bench ...` sub-commands. Wire into ifp_jax/cli.py with:
-
-    from ifp_jax.benchmarks.cli import add_parser as add_bench_parser
-    add_bench_parser(sub)          # in build_parser(), after the other sub-commands
+"""`ifp bench ...`: the benchmarks of ifp_jax/benchmarks/, which print ratios measured side by
+side in one run.
 
     ifp bench train [EXPERIMENT] [section.key=value ...] [--peer] [--json] [--steps N] [--warmup N]
     ifp bench infer [section.key=value ...] [--sizes 2m 50m] [--no-peer] [--json]
@@ -15,10 +13,12 @@ import json
 
 
 def _cmd_bench_train(args) -> None:
-    from ifp_jax.benchmarks.train_bench import format_report, resolve_config, run_train_bench
-    from ifp_jax.cli import optional_name
+    from ifp_jax.benchmarks.train_bench import default_config, format_report, run_train_bench
+    from ifp_jax.commands.resolve import optional_name, resolve
+    from ifp_jax.config import apply_overrides
     experiment, overrides = optional_name(args.experiment, args.overrides)
-    cfg = resolve_config(experiment, overrides)
+    cfg = (resolve(experiment, overrides) if experiment
+           else apply_overrides(default_config(), overrides))
     result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, peer=args.peer,
                              matmul_n=args.matmul_n,
                              arm_cache=getattr(args, "arm_cache", None))  # set by tests
@@ -75,6 +75,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print all figures as one JSON object")
     i.set_defaults(fn=_cmd_bench_infer)
 
-    from ifp_jax.data.cli import add_bench_data_parser
-    add_bench_data_parser(bsub)
+    _add_bench_data_parser(bsub)
     return bench
+
+
+def _cmd_bench_data(args) -> None:
+    import os
+    from ifp_jax.benchmarks.data_bench import format_report, run_data_bench
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "ifp_jax")
+    tag = f"{args.gb:g}gb"
+    result = run_data_bench(args.gb, args.corpus or os.path.join(cache, f"corpus_{tag}"),
+                            args.prepared or os.path.join(cache, f"prepared_{tag}"),
+                            workers=tuple(args.workers), batches=args.batches,
+                            step_tokens_per_s=args.step_tokens_per_s,
+                            prepare_processes=args.prepare_processes,
+                            own_cache=args.prepared is None)
+    print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
+
+
+def _add_bench_data_parser(bench_subparsers) -> None:
+    b = bench_subparsers.add_parser(
+        "data", help="the loader alone on a generated corpus: examples/s, tokens/s, memory",
+        description="Generates a text corpus, prepares it (ifp data prepare), then draws "
+                    "batches with 0, 1, 2 grain workers against the train step's tokens/s "
+                    "(bench train's default shape, measured in the same run). Corpus and "
+                    "prepared data are cached under ~/.cache/ifp_jax and reused.")
+    b.add_argument("--gb", type=float, default=2.0, help="corpus size in GB (default 2)")
+    b.add_argument("--corpus", default=None, help="corpus directory (default: cache)")
+    b.add_argument("--prepared", default=None, help="prepared directory (default: cache)")
+    b.add_argument("--prepare-processes", type=int, default=1)
+    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    b.add_argument("--batches", type=int, default=2000, help="timed batches per setting")
+    b.add_argument("--step-tokens-per-s", type=float, default=None,
+                   help="compare with this train-step figure instead of measuring one")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(fn=_cmd_bench_data)

@@ -1,4 +1,5 @@
-"""`ifp data ...`: registered on the `ifp` sub-parsers by ifp_jax/cli.py (add_parser)."""
+"""`ifp data prepare|inspect|example-tasks`: the mixture on disk once, what training sees, and
+the embedded skills written as a user mixture."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ def _cmd_prepare(args) -> None:
 
 
 def _resolve_data_args(args):
-    from ifp_jax.cli import _resolve, optional_name
+    from ifp_jax.commands.resolve import optional_name, resolve
     from ifp_jax.config import ExperimentConfig, apply_overrides
     experiment, overrides = optional_name(args.experiment, args.overrides)
     overrides += [f"data.mixture={args.mixture}"] if args.mixture else []
-    return (_resolve(experiment, overrides) if experiment
+    return (resolve(experiment, overrides) if experiment
             else apply_overrides(ExperimentConfig(), overrides))
 
 
@@ -44,38 +45,6 @@ def _cmd_example_tasks(args) -> None:
     paths = write_example_tasks(args.out, args.tasks, args.examples, args.seed)
     print(f"[ifp] wrote {len(paths)} task files and manifest.json to {args.out}; use them with "
           f"data.mixture=ifp_user data.jsonl_path={args.out}")
-
-
-def _cmd_bench_data(args) -> None:
-    import json
-    import os
-    from ifp_jax.benchmarks.data_bench import format_report, run_data_bench
-    cache = os.path.join(os.path.expanduser("~"), ".cache", "ifp_jax")
-    tag = f"{args.gb:g}gb"
-    result = run_data_bench(args.gb, args.corpus or os.path.join(cache, f"corpus_{tag}"),
-                            args.prepared or os.path.join(cache, f"prepared_{tag}"),
-                            tuple(args.workers), args.batches, args.step_tokens_per_s,
-                            args.prepare_processes, own_cache=args.prepared is None)
-    print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
-
-
-def add_bench_data_parser(bench_subparsers) -> None:
-    b = bench_subparsers.add_parser(
-        "data", help="the loader alone on a generated corpus: examples/s, tokens/s, memory",
-        description="Generates a text corpus, prepares it (ifp data prepare), then draws "
-                    "batches with 0, 1, 2 grain workers against the train step's tokens/s "
-                    "(bench train's default shape, measured in the same run). Corpus and "
-                    "prepared data are cached under ~/.cache/ifp_jax and reused.")
-    b.add_argument("--gb", type=float, default=2.0, help="corpus size in GB (default 2)")
-    b.add_argument("--corpus", default=None, help="corpus directory (default: cache)")
-    b.add_argument("--prepared", default=None, help="prepared directory (default: cache)")
-    b.add_argument("--prepare-processes", type=int, default=1)
-    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    b.add_argument("--batches", type=int, default=2000, help="timed batches per setting")
-    b.add_argument("--step-tokens-per-s", type=float, default=None,
-                   help="compare with this train-step figure instead of measuring one")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(fn=_cmd_bench_data)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -76,6 +76,6 @@ def step_fields(cfg: ExperimentConfig) -> tuple[Field, ...]:
 
 
 def placeholder(cfg: ExperimentConfig, batch_size: int, use: str) -> dict[str, np.ndarray]:
-    """A batch of `use`'s data fields filled with each field's placeholder value [batch_size, ...]."""
+    """`use`'s data fields [batch_size, ...], each filled with its placeholder value."""
     return {f.name: np.full((batch_size,) + example_shape(f, cfg), f.fill, f.dtype)
             for f in fields(use)}

@@ -91,8 +91,9 @@ class PruningConfig:
     temperature_end: float = 0.1
     temperature_anneal_steps: int = 1000
     bisection_iters: int = 40
-    # Departure from the paper (see FINDINGS.md): load-balancing penalty on the batch-mean of
-    # lambda per unit, (F/k^2) * sum_i mean_b(lambda_bi)^2, averaged over layers. 0 disables it.
+    # Departure from the paper (docs/findings.md#mask-collapse): load-balancing penalty on the
+    # batch-mean of lambda per unit, (F/k^2) * sum_i mean_b(lambda_bi)^2, averaged over layers. 0
+    # disables it.
     balance_weight: float = 1.0
     # Evaluation mask: 'hard' = 0/1 top-k; 'lambda' = lambda * TopK (free at inference: it scales
     # rows of W_down). 'static' mode uses learned input-independent scores for both.
@@ -191,8 +192,9 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-    """Distillation from a frozen teacher (PAPER.md section 8's prune+distill baseline):
-    loss = next-token CE + weight * KL(teacher's top-k truncated distribution || student)."""
+    """Distillation from a frozen teacher (the paper's prune+distill baseline,
+    docs/method.md#baselines): loss = next-token CE + weight * KL(teacher's top-k truncated
+    distribution || student)."""
     teacher: str = ""  # workdir of an `ifp train` run or an `ifp import-hf` dir; "" = off
     top_k: int = 32  # teacher ids kept per position (its distribution renormalised over them)
     weight: float = 1.0

@@ -2,9 +2,10 @@
 of a workdir (`ifp eval`, `ifp export`, `ifp generate`, `ifp train` chaining from an earlier
 stage, the distillation teacher). Params only: no optimizer state is read.
 
-Before the restore, the newest checkpoint's stored shapes (orbax metadata: no array is read) are compared with the
-params the config describes. Without this, an edited config.json or checkpoints copied from
-another run made every step "unreadable" and ended in "no checkpoint", with orbax's noise.
+Before the restore, the newest checkpoint's stored shapes (orbax metadata: no array is read) are
+compared with the params the config describes. Without this, an edited config.json or checkpoints
+copied from another run made every step "unreadable" and ended in "no checkpoint", with orbax's
+noise.
 """
 
 from __future__ import annotations

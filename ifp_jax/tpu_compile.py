@@ -1,5 +1,6 @@
-"""What `ifp compile EXPERIMENT --topology NAME` does: the full joint train step (predictor + SoftTopK +
-masked LLM + optimizer update) compiled ahead of time for a real TPU slice, on this host.
+"""What `ifp compile EXPERIMENT --topology NAME` does: the full joint train step (predictor +
+SoftTopK + masked LLM + optimizer update) compiled ahead of time for a real TPU slice, on this
+host.
 
 libtpu's topology descriptions stand in for the chips: XLA's TPU compiler lays the step out for
 that slice and reports per-chip memory and its cost model, with no TPU attached. The step is the

@@ -11,7 +11,7 @@ from ifp_jax import experiments
 from ifp_jax.config import ConfigError
 from ifp_jax.hardware import parse_slice
 from ifp_jax import tpu_compile
-from ifp_jax.commands.resolve import resolve
+from ifp_jax.commands.resolve import registered
 
 pytest.importorskip("libtpu", reason="libtpu comes with the test extra (jax[tpu])")
 
@@ -22,7 +22,7 @@ TINY = ["data.global_batch_size=8", "model.d_model=64", "model.n_layers=2", "mod
 @pytest.fixture(scope="module")
 def tiny_v5e_report():
     s = parse_slice("v5e-4")
-    cfg = resolve("tiny_multiskill", TINY + ["model.attention=xla"], hardware=s.family.name)
+    cfg = registered("tiny_multiskill", TINY + ["model.attention=xla"], hardware=s.family.name)
     return cfg, tpu_compile.compile_for_slice(cfg, s)
 
 
@@ -44,15 +44,15 @@ def test_tiny_config_compiles_for_v5e_4_and_reports_memory(tiny_v5e_report):
 def test_splash_attention_compiles_for_tpu():
     """'auto' attention is the Pallas splash kernel on TPU when T tiles into 128-blocks."""
     s = parse_slice("v5e-4")
-    cfg = resolve("tiny_multiskill", TINY + ["data.seq_len=128", "model.max_len=128"],
-                  hardware=s.family.name)
+    cfg = registered("tiny_multiskill", TINY + ["data.seq_len=128", "model.max_len=128"],
+                     hardware=s.family.name)
     r = tpu_compile.compile_for_slice(cfg, s)
     assert r.attention == "splash" and r.fits
 
 
 def test_too_large_a_config_is_refused_with_figures_and_levers():
     s = parse_slice("v5e-4")
-    cfg = resolve("tiny_multiskill", hardware=s.family.name, overrides=TINY + [
+    cfg = registered("tiny_multiskill", hardware=s.family.name, overrides=TINY + [
         "model.vocab_size=2400000", "model.d_model=2048", "model.n_heads=16",
         "model.head_dim=128", "model.attention=xla"])
     with pytest.raises(ConfigError) as e:

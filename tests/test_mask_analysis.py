@@ -1,4 +1,4 @@
-"""Mask overlap heatmaps (PAPER.md Figure 3) against a brute-force count, and their files."""
+"""Mask overlap heatmaps (docs/method.md#mask-analysis) against a brute-force count, and files."""
 
 import json
 import os

@@ -80,8 +80,9 @@ def test_workers_give_the_same_batches_and_resume_exactly(prepared_dir):
 def test_two_preparation_processes_cover_the_same_examples(prepared_dir, tmp_path):
     data = replace(DATA, mixture="ifp_fact_color")
     out = str(tmp_path / "two")
-    assert prepare(data, P, out, 0, 2, log=lambda m: None) is None  # waits for process 1
-    manifest = prepare(data, P, out, 1, 2, log=lambda m: None)
+    assert prepare(data, P, out, process_index=0, process_count=2,
+                   log=lambda m: None) is None  # waits for process 1
+    manifest = prepare(data, P, out, process_index=1, process_count=2, log=lambda m: None)
     whole = prepared.PreparedSplit(prepared_dir, "ifp_fact_color", "train", P, 20,
                                    prepared.load_manifest(prepared_dir))
     halves = prepared.PreparedSplit(out, "ifp_fact_color", "train", P, 20, manifest)

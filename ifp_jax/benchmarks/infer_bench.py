@@ -1,4 +1,5 @@
-"""`ifp bench infer`: the rows of the paper's Table 3 (PAPER.md §7) on CPU-sized models.
+"""`ifp bench infer`: the rows of the paper's Table 3 on CPU-sized models
+(docs/method.md#inference-selection-loading-generation).
 
 Per model size, in one process, batch 1, a `prompt_len`-token prompt and `new_tokens` generated
 tokens (no early EOS):

@@ -14,10 +14,10 @@ import json
 
 def _cmd_bench_train(args) -> None:
     from ifp_jax.benchmarks.train_bench import default_config, format_report, run_train_bench
-    from ifp_jax.commands.resolve import optional_name, resolve
+    from ifp_jax.commands.resolve import optional_name, registered
     from ifp_jax.config import apply_overrides
     experiment, overrides = optional_name(args.experiment, args.overrides)
-    cfg = (resolve(experiment, overrides) if experiment
+    cfg = (registered(experiment, overrides) if experiment
            else apply_overrides(default_config(), overrides))
     result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, peer=args.peer,
                              matmul_n=args.matmul_n,

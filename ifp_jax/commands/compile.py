@@ -24,12 +24,13 @@ def prepare_environment() -> None:
 
 
 def run(args):
-    from ifp_jax.commands.resolve import resolve
+    from ifp_jax.commands.resolve import registered
     from ifp_jax.config import ConfigError
     from ifp_jax.hardware import parse_slice
     from ifp_jax.tpu_compile import compile_for_slice, does_not_fit_message, format_report
     s = parse_slice(args.topology)
-    cfg = resolve(args.experiment, args.overrides, hardware=s.family.name)
+    # The experiment's own shapes: compiling for a slice reads no import directory.
+    cfg = registered(args.experiment, args.overrides, hardware=s.family.name)
     report = compile_for_slice(cfg, s)
     print(format_report(report, cfg), flush=True)
     if not report.fits:

@@ -9,8 +9,9 @@ import argparse
 def _cmd_prepare(args) -> None:
     from ifp_jax.data.prepare import prepare
     cfg = _resolve_data_args(args)
-    manifest = prepare(cfg.data, cfg.predictor.max_prompt_len, args.out, args.process_index,
-                       args.process_count, args.examples_per_file)
+    manifest = prepare(cfg.data, cfg.predictor.max_prompt_len, args.out,
+                       process_index=args.process_index, process_count=args.process_count,
+                       examples_per_file=args.examples_per_file)
     if manifest is None:
         print(f"[ifp] part {args.process_index} of {args.process_count} done; {args.out} is "
               f"complete when every process has finished")

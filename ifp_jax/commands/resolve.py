@@ -6,12 +6,17 @@ from __future__ import annotations
 HARDWARE = ("v5p", "v5e", "v4", "v6e", "gpu")
 
 
-def resolve(experiment: str, overrides: list[str], hardware: str | None = None):
-    """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides
-    -> the architecture of an imported HF model named by train.init_*_from (hf/imported.py)."""
+def registered(experiment: str, overrides: list[str], hardware: str | None = None):
+    """Experiment config -> its defaults for `hardware` (if registered) -> the user's overrides."""
     from ifp_jax import experiments
     from ifp_jax.config import apply_overrides
-    cfg = apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
+    return apply_overrides(experiments.get(experiment, hardware=hardware), overrides)
+
+
+def resolve(experiment: str, overrides: list[str], hardware: str | None = None):
+    """`registered`, then the architecture of an imported HF model named by train.init_*_from
+    (hf/imported.py): the config a run trains with."""
+    cfg = registered(experiment, overrides, hardware)
     if cfg.train.init_llm_from or cfg.train.init_predictor_from:
         from ifp_jax.hf.imported import adopt_imports  # JAX/orbax only when a source is named
         cfg = adopt_imports(cfg)

@@ -25,7 +25,7 @@ class BatchAssembler:
     """step -> {contract arrays [n, ...], task_id [n]} for rows [offset, offset + n) of global
     batch `step` (n = host batch size)."""
 
-    def __init__(self, splits: list[Split | None], rates: list[float], seed: int,
+    def __init__(self, splits: list[Split | None], rates: list[float], *, seed: int,
                  global_batch_size: int, rows: tuple[int, int], instruction_rate: float,
                  instruction_tokens: list[np.ndarray | None]):
         parts, weights = [], []

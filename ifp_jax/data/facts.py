@@ -8,7 +8,8 @@ themselves, stored in the LLM's weights (FFN capacity), not an algorithm attenti
 4,096 facts: a d_ffn = 512 source learns them within the comparison's budget and a d_ffn = 128
 model, trained longer, does not (the dense-full vs dense-small arms of `ifp compare` check this),
 while one task's 512 facts are a quarter of the load: exactly where a per-task selection of
-k = F/4 units should win (../shared/FINDINGS.md's trial: IFP 0.67-0.80 vs static 0.11-0.13).
+k = F/4 units should win (the trial run of docs/findings.md#the-trial-run: IFP 0.67-0.80 vs
+static 0.11-0.13).
 
 Why every symbol of a prompt's keys comes from its own alphabet: keys whose symbols share an
 alphabet can only be read by position, and a 2-layer model sat at chance on those for 2,000 steps

@@ -183,9 +183,10 @@ class TrainBatches:
             _instruction_tokens(self.task_names, data_cfg, predictor_max_len)
             if data_cfg.predictor_instruction_rate > 0 else [None] * len(self.task_names))
         self._assemble = BatchAssembler(
-            splits, [rates[n] for n in self.task_names], data_cfg.seed,
-            data_cfg.global_batch_size, rows, data_cfg.predictor_instruction_rate,
-            instruction_tokens)
+            splits, [rates[n] for n in self.task_names], seed=data_cfg.seed,
+            global_batch_size=data_cfg.global_batch_size, rows=rows,
+            instruction_rate=data_cfg.predictor_instruction_rate,
+            instruction_tokens=instruction_tokens)
 
     def __iter__(self):
         return self

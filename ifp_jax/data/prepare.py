@@ -49,7 +49,7 @@ def _write_file(path: str, rows) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_part(out: str, task: str, split: str, index: int, count: int,
+def _prepare_part(out: str, task: str, split: str, *, index: int, count: int,
                   predictor_max_len: int, seq_len: int, examples_per_file: int,
                   log: Callable[[str], None]) -> dict:
     """Writes (or finishes) part `index` of `count` of one task's split; returns its record."""
@@ -103,7 +103,7 @@ def _flush(out: str, directory: str, part: str, number: int, rows) -> str:
     return os.path.relpath(path, out)
 
 
-def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_index: int = 0,
+def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, *, process_index: int = 0,
             process_count: int = 1, examples_per_file: int = 100_000,
             log: Callable[[str], None] = print) -> dict | None:
     """Prepares this process's parts of every task of data_cfg.mixture into `out`; returns the
@@ -132,8 +132,9 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, process_inde
         os.replace(tmp, plan_path)
     for name in names:
         for split in splits[name]:
-            _prepare_part(out, name, split, process_index, process_count, predictor_max_len,
-                          data_cfg.seq_len, examples_per_file, log)
+            _prepare_part(out, name, split, index=process_index, count=process_count,
+                          predictor_max_len=predictor_max_len, seq_len=data_cfg.seq_len,
+                          examples_per_file=examples_per_file, log=log)
     return _write_manifest_if_complete(out, fp, splits, process_count)
 
 

@@ -8,8 +8,8 @@ Every task emits the same three output features, which the pipeline turns into t
   'predictor_tokens'  the prompt in the PREDICTOR's vocabulary (each vocabulary tokenizes the text),
   'inputs'            the prompt in the LLM vocabulary (no EOS),
   'targets'           the part the LLM is trained on (instruction tasks: response + EOS).
-CPT fits the same mould (PAPER.md §5): 'inputs' = chunks 1..k, 'targets' = chunk k+1 (no EOS),
-'predictor_tokens' = chunk k.
+CPT fits the same mould (docs/method.md#training-continued-pre-training-then-sft): 'inputs' =
+chunks 1..k, 'targets' = chunk k+1 (no EOS), 'predictor_tokens' = chunk k.
 
 Registration is idempotent: `register_all` with unchanged settings is a no-op; with other settings
 it removes and re-adds each task, so a process can switch vocabularies or chunk sizes.
@@ -220,7 +220,8 @@ def register_jsonl_task(name: str, path: str, data_cfg: DataConfig) -> None:
 def cpt_chunk_preprocessor(dataset: tf.data.Dataset, chunk_len: int, num_chunks: int,
                            llm_vocab: seqio.Vocabulary,
                            predictor_vocab: seqio.Vocabulary) -> tf.data.Dataset:
-    """{'text'} documents -> K-1 examples per window of K*chunk_len LLM tokens (PAPER.md §5).
+    """{'text'} documents -> K-1 examples per window of K*chunk_len LLM tokens
+    (docs/method.md#training-continued-pre-training-then-sft).
 
     Chunking is done in LLM tokens (for the byte vocabulary: bytes), windows never cross
     documents and a document's tail shorter than a window is dropped. For example k (1-based,

@@ -75,9 +75,9 @@ def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int)
     """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
     zeros).
 
-    The mask comes from `selection.batch_masks.batch_mask`; the decoder then prefills the prompt and decodes greedily
-    over a KV cache with that mask (none in dense mode): the same tokens as recomputing the
-    sequence per token (`greedy_decode_full`, tests/test_generate.py).
+    The mask comes from `selection.batch_masks.batch_mask`; the decoder then prefills the prompt
+    and decodes greedily over a KV cache with that mask (none in dense mode): the same tokens as
+    recomputing the sequence per token (`greedy_decode_full`, tests/test_generate.py).
     """
 
     def run(params, batch, mask_table):

@@ -1,10 +1,11 @@
-"""Which units do tasks keep? Overlap heatmaps like PAPER.md's Figure 3, and collapse over steps.
+"""Which units do tasks keep? Overlap heatmaps like the paper's Figure 3
+(docs/method.md#mask-analysis), and collapse over steps.
 
 overlap(a, b) = |kept(a) ∩ kept(b)| / k for two examples' masks in one layer. For tasks s, t the
 heatmap cell is the mean over pairs of distinct examples (a in s, b in t): the diagonal is the
 within-task overlap (1.0 for per-task masks), off-diagonal cells the across-task overlap; mask
-collapse (FINDINGS.md lesson 1) shows as off-diagonal cells as high as the diagonal. Layer groups:
-first, middle, last and the mean over all layers.
+collapse (docs/findings.md#mask-collapse) shows as off-diagonal cells as high as the diagonal.
+Layer groups: first, middle, last and the mean over all layers.
 
 Written by `ifp eval` for masked evaluations: DIR/masks_<mask>_<eval mask>/overlap.json,
 overlap_<group>.png, and collapse.png from DIR/metrics.jsonl (the signals over training steps).

@@ -19,8 +19,9 @@ experiments, same seeds) for the same steps; the report states each arm's tokens
 
 Each stage resumes like `ifp train`, and a finished stage (DIR/.../<stage>/stage_done.json) or
 evaluation (its eval_*.json) is not redone: rerunning the command only adds what is missing.
-Writes DIR/report.md (a per-task table in the style of PAPER.md Table 1: mean and spread over
-seeds), the bars of issue 7 with their figures, and DIR/report.json.
+Writes DIR/report.md (a per-task table in the style of the paper's Table 1,
+docs/method.md#results-the-paper-reports: mean and spread over seeds), the bars of issue 7
+with their figures, and DIR/report.json.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ ARMS = {
             Stage("sft", "sft", "soft", "cpt", "cpt")),
     "static": (Stage("cpt", "cpt", "static", "shared_source"),
                Stage("sft", "sft", "static", "cpt", "cpt")),
-    # IFP whose predictor reads each task's bare instruction only (FINDINGS.md lesson 4): its
-    # masks are per task by construction, evaluated per task.
+    # IFP whose predictor reads each task's bare instruction only
+    # (docs/findings.md#what-the-predictor-reads): its masks are per task by construction,
+    # evaluated per task.
     "ifp_instruction": (Stage("cpt", "cpt", "soft", "shared_source", overrides=_INSTRUCTION),
                         Stage("sft", "sft", "soft", "cpt", "cpt", overrides=_INSTRUCTION)),
     # The paper's prune+distill baseline: static, plus top-k KL distillation from the source.

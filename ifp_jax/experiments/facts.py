@@ -2,7 +2,7 @@
 selection beat its rivals where FFN capacity decides (ifp_jax/data/facts.py)?
 
 A 2-layer d = 64 Llama-style LLM with F = 512 FFN units, pruned to k = F/4 = 128 per layer, the
-shape of ../shared/FINDINGS.md's trial. Stages (chained by `ifp compare`):
+shape of the trial run of docs/findings.md#the-trial-run. Stages (chained by `ifp compare`):
   tiny_facts_dense  the dense source on all 8 tables
   tiny_facts        IFP SFT from the source on the same tables (no CPT stage: the mixture has no
                     text; every arm after the source trains the same SFT steps)
@@ -19,10 +19,11 @@ from ifp_jax.experiments import register
 
 MODEL = ModelConfig(vocab_size=259, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                     head_dim=32, d_ffn=512, max_len=32, init_std=0.125)
-# The predictor reads the prompt ("color of aq D7 =", 16 bytes) and must find the task in it.
-# Two layers: with one (as in FINDINGS.md's trial) the IFP stage's training loss ended at 0.167
-# against 0.017 with two (seed 0, same source and batches): one layer mixed up tasks whose
-# prompts differ only in the instruction words (mask overlap between 'food' and 'tool' 0.91).
+# The predictor reads the prompt ("color of aq D7 =", 16 bytes) and must find the task in it. Two
+# layers: with one (as in the trial run, docs/findings.md#the-trial-run) the IFP stage's training
+# loss ended at 0.167 against 0.017 with two (seed 0, same source and batches): one layer mixed up
+# tasks whose prompts differ only in the instruction words (mask overlap between 'food' and 'tool'
+# 0.91).
 PREDICTOR = PredictorConfig(
     backbone=ModelConfig(vocab_size=259, d_model=64, n_layers=2, n_heads=2, n_kv_heads=1,
                          head_dim=32, d_ffn=256, max_len=32, init_std=0.125),

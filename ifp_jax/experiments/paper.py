@@ -1,4 +1,4 @@
-"""The paper's configurations (PAPER.md section 6): 6B and 9B sources pruned to 3B activated.
+"""The paper's configurations (docs/method.md#paper-sizes): 6B and 9B sources pruned to 3B.
 
 LLM: d_model 2048, 56 layers, 16 query / 2 KV heads of dim 128, FFN 16384 (6B) or 24576 (9B),
 keeping 6656 units per layer (the 3B shape). Vocabulary 128,256 (Llama 3's; the paper does not

@@ -6,8 +6,9 @@
     OUT/export.json the metadata every format also carries
 
 Selection text: --prompt (a user prompt, read as the predictor reads training prompts),
---instruction (a hand-written task instruction: PAPER.md's per-task mode), or --task NAME (that
-task's registered instruction text: for the embedded skills, the first wording of the skill).
+--instruction (a hand-written task instruction: the paper's per-task mode,
+docs/method.md#the-sparsity-predictor), or --task NAME (that task's registered instruction text:
+for the embedded skills, the first wording of the skill).
 The output is written into a temporary sibling directory and moved into place when complete,
 so a failure never leaves a half-written export, and an existing OUT is replaced only with
 --overwrite (after the new one is complete).

@@ -1,8 +1,9 @@
 """Generation with the mask selected once per prompt, over a KV cache (infer/kv_decoder.py).
 
-IFPruning selects the sub-network once, before decoding (PAPER.md §7): the predictor runs on the
-prompt and every generated token uses that one FFN mask [B, L, F] (None = dense; an exported
-model is dense with d_ffn = k).
+IFPruning selects the sub-network once, before decoding
+(docs/method.md#inference-selection-loading-generation): the predictor runs on the prompt and
+every generated token uses that one FFN mask [B, L, F] (None = dense; an exported model is dense
+with d_ffn = k).
 
   generate            batch generation; prefill + the whole token loop in one jit (a
                       lax.while_loop that ends when every row has emitted EOS)

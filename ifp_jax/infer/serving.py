@@ -1,4 +1,5 @@
-"""The serving path of PAPER.md §7, each step timed: selection -> loading -> generation.
+"""The paper's serving path, each step timed: selection -> loading -> generation
+(docs/method.md#inference-selection-loading-generation).
 
   selection  the predictor reads the prompt once and picks k FFN units per layer
   loading    the kept FFN rows/columns are gathered into a small dense model (lambda folded

@@ -1,6 +1,6 @@
 """Mask-collapse signals, computed on device from a batch of masks.
 
-Collapse (FINDINGS.md lesson 1) shows as: overlap of kept units *across* tasks as high as
+Collapse (docs/findings.md#mask-collapse) shows as: overlap of kept units *across* tasks as high as
 *within* a task (the predictor ignores the prompt), few units ever kept, lambda of kept units far
 from 1 (train/eval mismatch of lesson 3). Overlap of two examples a, b in one layer is
 |kept_a ∩ kept_b| / k; random selection gives k / F.

@@ -3,7 +3,7 @@
 The score comes from the final hidden state of the LAST REAL prompt token. Prompts are right-
 padded with 0; positions count real tokens only and padding sits in its own attention segment,
 so adding padding anywhere never changes the scores (a predictor that reads padding silently
-ignores the prompt: PAPER.md §10).
+ignores the prompt: docs/method.md#known-pitfalls).
 """
 
 from __future__ import annotations

@@ -1,15 +1,16 @@
 """SoftTopK: a differentiable selection of exactly k FFN units per layer row.
 
-Sigmoid (binary-entropy) form of PAPER.md §4: lambda_i = sigmoid((z_i - t) / eps), with the
-threshold t found so that sum_i lambda_i = k (bisection, then Newton steps for f32 precision).
+Sigmoid (binary-entropy) form (docs/method.md#softtopk): lambda_i = sigmoid((z_i - t) / eps), with
+the threshold t found so that sum_i lambda_i = k (bisection, then Newton steps for f32 precision).
 Gradient: implicit differentiation of the constraint (our documented choice; no unrolling, so the
 backward pass costs O(F) whatever the iteration count). With g_i = lambda_i (1 - lambda_i) / eps,
 
     d lambda / d z = diag(g) - g g^T / sum(g)      (rows sum to 0: shift invariance).
 
 Training mask  m = lambda * TopK(lambda, k)   (exactly k non-zeros; gradient flows through lambda).
-Eval mask      'lambda': the same;  'hard': the 0/1 TopK (FINDINGS.md lesson 3: costs accuracy
-               unless lambda saturates; lambda is free at inference, it scales rows of W_down).
+Eval mask      'lambda': the same;  'hard': the 0/1 TopK (costs accuracy unless lambda saturates;
+               lambda is free at inference, it scales rows of W_down:
+               docs/findings.md#lambda-or-01-at-inference).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def compute_mask(scores: jax.Array, k: int, temperature: jax.Array, iters: int,
 
 
 def balance_loss(lam: jax.Array, k: int) -> jax.Array:
-    """Load-balancing penalty against mask collapse (departure from the paper; FINDINGS.md).
+    """Load-balancing penalty against mask collapse (departure from the paper,
+    docs/findings.md#mask-collapse).
 
     (F / k^2) * sum_i (mean_b lambda_bi)^2, averaged over layers. lam [B, L, F]. Its minimum, 1,
     is reached when every unit is used equally often across the batch (mean lambda = k / F).

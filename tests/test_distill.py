@@ -102,10 +102,11 @@ def test_teacher_arrays_are_the_top_k_of_its_own_logits(teacher_run):
     sp = nn.meta.unbox(student_model.init(jax.random.key(0), batch, mode="soft",
                                           temperature=1.0)["params"])
     total = jnp.maximum(batch["decoder_loss_weights"].sum(), 1.0)
-    plain, _ = _microbatch_loss(sp, student_model, student, batch, 1.0, total, 1)
+    plain, _ = _microbatch_loss(sp, student_model, student, batch, temperature=1.0,
+                                total_weight=total, num_tasks=1)
     distilled = replace(student, distill=replace(student.distill, weight=0.5))
-    with_kl, metrics = _microbatch_loss(sp, student_model, distilled, {**batch, **got}, 1.0,
-                                        total, 1)
+    with_kl, metrics = _microbatch_loss(sp, student_model, distilled, {**batch, **got},
+                                        temperature=1.0, total_weight=total, num_tasks=1)
     out = student_model.apply({"params": sp}, batch, mode="static", temperature=1.0, train=True)
     kl = token_topk_kl(out.logits, got["teacher_ids"], got["teacher_logprobs"])
     kl_mean = float((kl * batch["decoder_loss_weights"]).sum() / total)

@@ -73,7 +73,8 @@ def test_perplexity_is_exp_of_the_train_loss_on_the_same_examples_and_mask(text_
     total = jnp.maximum(batch["decoder_loss_weights"].sum(), 1.0)
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         _, metrics = jax.jit(lambda p, b: _microbatch_loss(
-            p, model, cfg, b, cfg.pruning.temperature_end, total, 1))(params, batch)
+            p, model, cfg, b, temperature=cfg.pruning.temperature_end, total_weight=total,
+            num_tasks=1))(params, batch)
     train_nll = metric.compute({"loss": metrics["loss"]})["loss"]
     per_input = _ppl(model, params, cfg, mesh, "soft")
     np.testing.assert_allclose(per_input, np.exp(train_nll), rtol=1e-5)

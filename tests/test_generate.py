@@ -63,10 +63,10 @@ def _cached_vs_full(cfg, params, fed, mask):
 
     Returns (cached, full) logits [STEPS + 1, B, V]: row b's logits for its last prompt token and
     for each fed token."""
-    logits, cache = prefill(params, cfg, _right_pad(PROMPTS, 16), LENGTHS, mask, 32)
+    logits, cache = prefill(params, cfg, _right_pad(PROMPTS, 16), LENGTHS, mask=mask, cache_len=32)
 
     def step(cache, tok):
-        logits, cache = decode_step(params, cfg, tok, cache, mask)
+        logits, cache = decode_step(params, cfg, tok, cache, mask=mask)
         return cache, logits
 
     cache, steps = jax.lax.scan(step, cache, fed.T)
@@ -139,7 +139,8 @@ def test_eval_greedy_tokens_equal_the_full_recompute_reference():
                                mode="given", given_mask=mask, train=False).logits
 
         return (gen.greedy_decode_full(logits_fn, inputs, start, num_steps),
-                gen.greedy_continuation(params["decoder"], CFG, inputs, start, num_steps, mask))
+                gen.greedy_continuation(params["decoder"], CFG, inputs, start,
+                                        num_steps=num_steps, mask=mask))
 
     reference, cached = both(params, batch)
     np.testing.assert_array_equal(cached, reference)

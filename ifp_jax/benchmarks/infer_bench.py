@@ -140,7 +140,7 @@ def _repeat_times(first: Callable, full: Callable, new_tokens: int, repeats: int
             "read_bandwidth": statistics.median(bw for bw, _ in pairs), "per_repeat": pairs}
 
 
-def _generation_times(params, mcfg: ModelConfig, prompt: list[int], new_tokens: int,
+def _generation_times(params, mcfg: ModelConfig, *, prompt: list[int], new_tokens: int,
                       repeats: int, bandwidth: ReadBandwidth) -> dict:
     """Our generate(): prefill+first token time, and decode tokens/s over the rest."""
     from ifp_jax.infer.generate import generate
@@ -178,6 +178,7 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
     from ifp_jax.vocab.light import LightVocabulary
     from ifp_jax.export.small_model import gather_small_decoder, to_host
     from ifp_jax.infer.serving import PrunedServer
+    from ifp_jax.selection.prompt import predictor_row
 
     cfg = size_config(size, keep_frac, overrides)
     if prompt_len + new_tokens > cfg.model.max_len:
@@ -202,19 +203,16 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
         log(f"{size} {name}: decode {times['decode_tokens_per_s']:.1f} tok/s "
             f"({rows[name]['of_bound']:.0%} of bound)")
 
-    row("dense-full", cfg.model, _generation_times(params["decoder"], cfg.model, prompt,
-                                                   new_tokens, repeats, bandwidth))
+    timing = dict(prompt=prompt, new_tokens=new_tokens, repeats=repeats, bandwidth=bandwidth)
+    row("dense-full", cfg.model, _generation_times(params["decoder"], cfg.model, **timing))
     _, small_params = _init_params(dataclasses.replace(cfg, model=small_cfg,
                                                        pruning=dataclasses.replace(
                                                            cfg.pruning, keep_k=8)), seed=1)
-    row("dense-small", small_cfg, _generation_times(small_params["decoder"], small_cfg, prompt,
-                                                    new_tokens, repeats, bandwidth))
+    row("dense-small", small_cfg, _generation_times(small_params["decoder"], small_cfg, **timing))
 
     # IFP: the prompt's text is random ids; the predictor reads the same ids (as text would).
     server = PrunedServer(model, params, cfg, LightVocabulary("byte"))
-    tokens = np.zeros((1, cfg.predictor.max_prompt_len), np.int32)
-    tail = prompt[-cfg.predictor.max_prompt_len:]
-    tokens[0, :len(tail)] = tail
+    tokens = predictor_row(prompt, cfg.predictor.max_prompt_len)
     server.prepare_tokens(tokens)  # compile selection and loading once (a warm server)
     misses, hits = [], []
     for _ in range(max(repeats, 5)):  # sub-millisecond steps: a median, not one sample
@@ -222,7 +220,7 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
         small, _, miss = server.prepare_tokens(tokens)
         misses.append(miss)
         hits.append(server.prepare_tokens(tokens)[2])
-    times = _generation_times(small, small_cfg, prompt, new_tokens, repeats, bandwidth)
+    times = _generation_times(small, small_cfg, **timing)
     median = lambda timings, field: statistics.median(getattr(t, field) for t in timings)
     select_s, load_s = median(misses, "selection_s"), median(misses, "loading_s")
     row("IFP", small_cfg, times, {

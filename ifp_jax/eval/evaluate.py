@@ -86,7 +86,7 @@ def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int)
         mask = batch_mask(model, mode=mode, temperature=temperature, params=params,
                           batch=batch, mask_table=mask_table)
         generated = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
-                                        num_steps, mask, model.dtype)
+                                        num_steps=num_steps, mask=mask, dtype=model.dtype)
         return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
 
     return run

@@ -61,9 +61,9 @@ def pad_prompts(prompts: Sequence[Sequence[int]] | tuple[Any, Any]) -> tuple[np.
     return padded, lengths
 
 
-def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array,
+def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, *,
                 mask: jax.Array | None, key: jax.Array, num_steps: jax.Array | int, eos_id,
-                temperature, top_p, *, out_len: int, cache_len: int, method: str,
+                temperature, top_p, out_len: int, cache_len: int, method: str,
                 dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
     """Prefill + up to num_steps tokens (traceable; `generate` jits it, eval calls it in its jit).
 
@@ -77,7 +77,7 @@ def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.A
     b = tokens.shape[0]
     choose = lambda logits, i: sample(logits, jax.random.fold_in(key, i), method, temperature,
                                       top_p)
-    logits, cache = prefill(p, cfg, tokens, lengths, mask, cache_len, dtype)
+    logits, cache = prefill(p, cfg, tokens, lengths, mask=mask, cache_len=cache_len, dtype=dtype)
     first = choose(logits, 0)
     out = jnp.zeros((b, out_len), jnp.int32).at[:, 0].set(first)
     carry = (jnp.int32(1), first, cache, first == eos_id, out, jnp.ones((b,), jnp.int32))
@@ -88,7 +88,7 @@ def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.A
 
     def body(c):
         i, tok, cache, done, out, count = c
-        logits, cache = decode_step(p, cfg, tok, cache, mask, dtype)
+        logits, cache = decode_step(p, cfg, tok, cache, mask=mask, dtype=dtype)
         nxt = jnp.where(done, 0, choose(logits, i))
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
         return i + 1, nxt, cache, done | (nxt == eos_id), out, count + (~done).astype(jnp.int32)
@@ -121,23 +121,25 @@ def generate(params: Any, cfg: ModelConfig, prompts, *, max_new_tokens: int, eos
     tokens, lengths = pad_prompts(prompts)
     out_len = round_up(max_new_tokens)
     out, count = _decode_loop_jit(
-        params, cfg, tokens, lengths, mask, jax.random.key(seed), max_new_tokens,
-        NO_EOS if eos_id is None else eos_id, temperature, top_p, out_len=out_len,
+        params, cfg, tokens, lengths, mask=mask, key=jax.random.key(seed),
+        num_steps=max_new_tokens, eos_id=NO_EOS if eos_id is None else eos_id,
+        temperature=temperature, top_p=top_p, out_len=out_len,
         cache_len=tokens.shape[1] + out_len, method=method_for(temperature, top_p), dtype=dtype)
     return out[:, :max_new_tokens], count
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "method", "dtype"))
-def _prefill_and_sample(params, cfg, tokens, lengths, mask, key, temperature, top_p, *,
+def _prefill_and_sample(params, cfg, tokens, lengths, *, mask, key, temperature, top_p,
                         cache_len, method, dtype):
-    logits, cache = prefill(params, cfg, tokens, lengths, mask, cache_len, dtype)
+    logits, cache = prefill(params, cfg, tokens, lengths, mask=mask, cache_len=cache_len,
+                            dtype=dtype)
     return sample(logits, jax.random.fold_in(key, 0), method, temperature, top_p), cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "method", "dtype"), donate_argnames=("cache",))
-def _step_and_sample(params, cfg, token, cache, mask, key, i, temperature, top_p, *, method,
+def _step_and_sample(params, cfg, token, cache, *, mask, key, i, temperature, top_p, method,
                      dtype):
-    logits, cache = decode_step(params, cfg, token, cache, mask, dtype)
+    logits, cache = decode_step(params, cfg, token, cache, mask=mask, dtype=dtype)
     return sample(logits, jax.random.fold_in(key, i), method, temperature, top_p), cache
 
 
@@ -156,13 +158,15 @@ def stream(params: Any, cfg: ModelConfig, prompt: Sequence[int], *, max_new_toke
     tokens, lengths = pad_prompts([list(prompt)])
     method, key = method_for(temperature, top_p), jax.random.key(seed)
     p = inference_params(params, cfg, dtype)  # once, not per token
-    tok, cache = _prefill_and_sample(p, cfg, tokens, lengths, mask, key, temperature, top_p,
+    tok, cache = _prefill_and_sample(p, cfg, tokens, lengths, mask=mask, key=key,
+                                     temperature=temperature, top_p=top_p,
                                      cache_len=tokens.shape[1] + round_up(max_new_tokens),
                                      method=method, dtype=dtype)
     for i in range(max_new_tokens):
         if i:
-            tok, cache = _step_and_sample(p, cfg, tok, cache, mask, key, i, temperature, top_p,
-                                          method=method, dtype=dtype)
+            tok, cache = _step_and_sample(p, cfg, tok, cache, mask=mask, key=key, i=i,
+                                          temperature=temperature, top_p=top_p, method=method,
+                                          dtype=dtype)
         t = int(tok[0])
         if eos_id is not None and t == eos_id:
             return
@@ -183,7 +187,7 @@ def prompt_only_inputs(decoder_input_tokens: jax.Array, loss_weights: jax.Array)
     return jnp.where(keep, decoder_input_tokens, 0), n
 
 
-def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start: jax.Array,
+def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start: jax.Array, *,
                         num_steps: int, mask: jax.Array | None,
                         dtype: Any = jnp.float32) -> jax.Array:
     """`greedy_decode_full`'s contract and tokens, over the KV cache (traceable).
@@ -193,9 +197,10 @@ def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start:
     repeats the token read at T - 1, and so does this (the cache itself has room for all steps).
     """
     t = inputs.shape[1]
-    out, _ = decode_loop(params, cfg, inputs, start + 1, mask, jax.random.key(0), num_steps,
-                         NO_EOS, 0.0, 1.0, out_len=num_steps, cache_len=t + num_steps,
-                         method="greedy", dtype=dtype)
+    out, _ = decode_loop(params, cfg, inputs, start + 1, mask=mask, key=jax.random.key(0),
+                         num_steps=num_steps, eos_id=NO_EOS, temperature=0.0, top_p=1.0,
+                         out_len=num_steps, cache_len=t + num_steps, method="greedy",
+                         dtype=dtype)
     last = (t - 1 - start)[:, None]  # the step whose logits come from position T - 1
     return jnp.take_along_axis(out, jnp.minimum(jnp.arange(num_steps)[None], last), axis=1)
 

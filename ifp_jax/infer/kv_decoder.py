@@ -154,7 +154,7 @@ def _qkv(lp: dict, cfg: ModelConfig, x: jax.Array, cos, sin, dtype):
     return q, k, heads(qkv[..., nq + nkv:])
 
 
-def _finish_layer(lp: dict, cfg: ModelConfig, x: jax.Array, attn: jax.Array,
+def _finish_layer(lp: dict, cfg: ModelConfig, x: jax.Array, attn: jax.Array, *,
                   mask_row: jax.Array | None, dtype, probe: Callable | None = None) -> jax.Array:
     """Output projection, residual, then MaskedMLP's masked FFN and its residual:
     down(silu(gate) * up * mask), over the fused gate/up kernel. probe, if given, is called
@@ -208,7 +208,7 @@ def _attend_cache(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) 
     return out.astype(q.dtype).reshape(b, 1, h, hd)
 
 
-def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array,
+def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, *,
             mask: jax.Array | None, cache_len: int, dtype: Any = jnp.float32,
             ffn_probe: Callable | None = None) -> tuple[jax.Array, KVCache]:
     """Runs right-padded prompts and fills the cache.
@@ -243,7 +243,7 @@ def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array
         else:
             out = xla_attention(q, k, v, attn_mask)
         probe = None if ffn_probe is None else functools.partial(ffn_probe, i)
-        x = _finish_layer(lp, cfg, x, out, _layer_mask(mask, i), dtype, probe)
+        x = _finish_layer(lp, cfg, x, out, mask_row=_layer_mask(mask, i), dtype=dtype, probe=probe)
         ks.append(grow(k.transpose(0, 2, 3, 1), 3).reshape(-1, cfg.head_dim, cache_len))
         vs.append(grow(v.transpose(0, 2, 1, 3), 2).reshape(-1, cache_len, cfg.head_dim))
     last = x[jnp.arange(b), lengths - 1]  # [B, D]
@@ -251,7 +251,7 @@ def prefill(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array
             KVCache(tuple(ks), tuple(vs), lengths.astype(jnp.int32)))
 
 
-def decode_step(params: Any, cfg: ModelConfig, token: jax.Array, cache: KVCache,
+def decode_step(params: Any, cfg: ModelConfig, token: jax.Array, cache: KVCache, *,
                 mask: jax.Array | None, dtype: Any = jnp.float32) -> tuple[jax.Array, KVCache]:
     """Appends token [B] at each row's own position -> (its logits [B, V] f32, the cache).
 
@@ -272,7 +272,7 @@ def decode_step(params: Any, cfg: ModelConfig, token: jax.Array, cache: KVCache,
         ck = _write_position(cache.k[i], k.reshape(-1, cfg.head_dim, 1), pos, axis=2)
         cv = _write_position(cache.v[i], v.reshape(-1, 1, cfg.head_dim), pos, axis=1)
         out = _attend_cache(q, ck, cv, pos + 1)
-        x = _finish_layer(lp, cfg, x, out, _layer_mask(mask, i), dtype)
+        x = _finish_layer(lp, cfg, x, out, mask_row=_layer_mask(mask, i), dtype=dtype)
         ks.append(ck)
         vs.append(cv)
     return _logits(p, cfg, x[:, 0], dtype), KVCache(tuple(ks), tuple(vs), pos + 1)
@@ -296,5 +296,5 @@ def griffin_scores(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: ja
         h = h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), 1e-12)
         scores[layer] = jnp.sqrt(jnp.einsum("btf,bt->bf", h * h, valid))
 
-    prefill(params, cfg, tokens, lengths, None, t, dtype, ffn_probe=probe)
+    prefill(params, cfg, tokens, lengths, mask=None, cache_len=t, dtype=dtype, ffn_probe=probe)
     return jnp.stack(scores, axis=1)

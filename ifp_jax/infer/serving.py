@@ -42,7 +42,7 @@ class PrunedServer:
     """One trained IFP run served prompt by prompt. `prepare(text)` -> (small params, small
     ModelConfig, Timings); generation is the caller's (any infer/generate.py entry point)."""
 
-    def __init__(self, model, params: Any, cfg: ExperimentConfig, predictor_vocab,
+    def __init__(self, model, params: Any, cfg: ExperimentConfig, predictor_vocab, *,
                  eval_mask: str | None = None, cache_size: int = 8):
         if cfg.pruning.mode not in ("soft", "hard", "static"):
             raise ValueError(f"serving needs a run that selects units (pruning.mode soft, hard "

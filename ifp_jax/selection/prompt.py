@@ -21,9 +21,15 @@ def kept_window(lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarr
 def predictor_tokens(vocab, text: str, max_len: int) -> np.ndarray:
     """Prompt text -> [1, P] int32 as the data pipeline builds it (no EOS; a longer prompt keeps
     its last P tokens; right-padded with 0)."""
-    ids = np.asarray(list(vocab.encode(text)), np.int64)
-    if not len(ids):
+    ids = list(vocab.encode(text))
+    if not ids:
         raise ConfigError("the prompt is empty; pass a non-empty --prompt / --instruction")
+    return predictor_row(ids, max_len)
+
+
+def predictor_row(ids, max_len: int) -> np.ndarray:
+    """Prompt ids (already in the predictor's vocabulary) -> [1, P] int32, as above."""
+    ids = np.asarray(ids, np.int64)
     start, count = kept_window(np.array([len(ids)]), max_len)
     out = np.zeros((1, max_len), np.int32)
     out[0, :count[0]] = ids[start[0]:]

@@ -49,7 +49,7 @@ def _token_losses(params, model: IFPModel, cfg: ExperimentConfig, batch: dict, t
     return ce, kl, out
 
 
-def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict,
+def _microbatch_loss(params, model: IFPModel, cfg: ExperimentConfig, batch: dict, *,
                      temperature: jax.Array, total_weight: jax.Array, num_tasks: int):
     """(loss, {name: Metric}) of one micro-batch; the CE part is normalised globally."""
     ce, kl, out = _token_losses(params, model, cfg, batch, temperature)
@@ -85,19 +85,22 @@ def make_train_step(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTr
     grad_fn = jax.grad(_microbatch_loss, has_aux=True)
 
     def gradients(params, batch, temperature, total_weight):
+        def of(mb):  # (grads, metrics) of one micro-batch
+            return grad_fn(params, model, cfg, mb, temperature=temperature,
+                           total_weight=total_weight, num_tasks=num_tasks)
+
         if accum == 1:  # no scan, no zero-initialised accumulators
-            return grad_fn(params, model, cfg, batch, temperature, total_weight, num_tasks)
+            return of(batch)
         micro = jax.tree_util.tree_map(
             lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
 
         def body(carry, mb):
             grads, sums = carry
-            g, m = grad_fn(params, model, cfg, mb, temperature, total_weight, num_tasks)
+            g, m = of(mb)
             return (jax.tree_util.tree_map(jnp.add, grads, g), metric.merge(sums, m)), None
 
         first = jax.tree_util.tree_map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(lambda: grad_fn(params, model, cfg, first, temperature,
-                                                total_weight, num_tasks))
+        shapes = jax.eval_shape(lambda: of(first))
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (grads, sums), _ = jax.lax.scan(body, zeros, micro)
         return grads, sums

@@ -173,7 +173,7 @@ def test_light_vocabulary_matches_seqio_byte_ids():
 
 
 def test_open_run_gives_the_runs_config_and_its_latest_params(run):
-    from ifp_jax.runs import open_run
+    from ifp_jax.train.runs import open_run
     cfg, workdir, model, params = run
     opened = open_run(workdir)
     assert opened.cfg == cfg and opened.step == cfg.train.steps
@@ -184,7 +184,7 @@ def test_open_run_gives_the_runs_config_and_its_latest_params(run):
 def test_open_run_of_a_directory_without_a_run_is_one_line(run, tmp_path):
     import shutil
 
-    from ifp_jax.runs import open_run
+    from ifp_jax.train.runs import open_run
     with pytest.raises(ConfigError, match="config.json not found"):
         open_run(str(tmp_path))
     shutil.copy(os.path.join(run[1], "config.json"), tmp_path / "config.json")

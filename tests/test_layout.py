@@ -1,6 +1,6 @@
 """The layout rules of docs/architecture.md, read from the source with `ast` (nothing imported):
-no import cycle among modules, and the library (everything in ifp_jax outside commands/,
-experiments/ and benchmarks/) imports none of those three."""
+no import cycle among modules nor among the packages of ifp_jax, and the library (everything in
+ifp_jax outside commands/, experiments/ and benchmarks/) imports none of those three."""
 
 import ast
 import os
@@ -90,6 +90,21 @@ def test_no_module_imports_itself_through_others():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The module graph seen package by package: ifp_jax.<part>[...] -> <part> (a top-level
+    module such as ifp_jax.config is a part of its own)."""
+    part = lambda m: m.split(".")[1] if m.count(".") else m
+    out: dict[str, set[str]] = {}
+    for m, targets in graph.items():
+        out.setdefault(part(m), set()).update(part(t) for t in targets if part(t) != part(m))
+    return out
+
+
+def test_no_package_imports_itself_through_others():
+    cycle = find_cycle(package_graph(import_graph(_modules())))
+    assert cycle is None, "package import cycle: " + " -> ".join(cycle)
+
+
 def test_the_library_imports_neither_commands_nor_experiments_nor_benchmarks():
     graph = import_graph(_modules())
     wrong = [f"{m} imports {t}" for m, targets in sorted(graph.items()) for t in sorted(targets)
@@ -116,3 +131,5 @@ def test_the_graph_sees_lazy_and_relative_imports(tmp_path):
     assert graph["ifp_jax.b"] == {"ifp_jax.p", "ifp_jax.p.c"}
     assert graph["ifp_jax.p"] == {"ifp_jax.p.c"}
     assert graph["ifp_jax.p.c"] == {"ifp_jax.a"}
+    assert package_graph(graph) == {"ifp_jax": set(), "a": {"b"}, "b": {"p"}, "p": {"a"}}
+    assert find_cycle(package_graph(graph)) == ["a", "b", "p", "a"]

@@ -7,7 +7,7 @@ from ifp_jax.benchmarks.infer_bench import _init_params, size_config
 from ifp_jax.vocab.light import LightVocabulary
 from ifp_jax.export.small_model import gather_small_decoder
 from ifp_jax.infer.kv_decoder import inference_params
-from ifp_jax.infer.serving import PrunedServer
+from ifp_jax.serve.server import PrunedServer
 
 
 def test_loading_equals_the_gathered_small_model_and_is_cached():

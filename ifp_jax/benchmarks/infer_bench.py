@@ -177,7 +177,7 @@ def bench_size(size: str, *, prompt_len: int, new_tokens: int, keep_frac: float,
                log: Callable[[str], None] = _log) -> dict:
     from ifp_jax.vocab.light import LightVocabulary
     from ifp_jax.export.small_model import gather_small_decoder, to_host
-    from ifp_jax.infer.serving import PrunedServer
+    from ifp_jax.serve.server import PrunedServer
     from ifp_jax.selection.prompt import predictor_row
 
     cfg = size_config(size, keep_frac, overrides)

@@ -4,7 +4,7 @@
         [--temperature T] [--top-p P] [--seed S] [--eval-mask hard|lambda] [--verbose]
 
 What the model reads (the prompt formatted as in training, the mask chosen once) is
-ifp_jax/infer/generator.py; this module checks the flags, streams the text and reports timing.
+ifp_jax/serve/generator.py; this module checks the flags, streams the text and reports timing.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def check_settings(args) -> None:
 
 def run(args) -> None:
     from ifp_jax.infer.generate import stream
-    from ifp_jax.infer.generator import from_exported, from_workdir
+    from ifp_jax.serve.generator import from_exported, from_workdir
 
     check_settings(args)
     g = (from_workdir(args.workdir, args.prompt, args.eval_mask) if args.workdir

@@ -27,7 +27,7 @@ from ifp_jax.data import pipeline, tasks
 from ifp_jax.eval.evaluate import EvalResult, evaluate
 from ifp_jax.selection.batch_masks import MASKS
 from ifp_jax.eval.mask_analysis import write_mask_report
-from ifp_jax.runs import open_run
+from ifp_jax.train.runs import open_run
 from ifp_jax.safe_names import plain_name
 from ifp_jax.workdir import metrics_path
 

@@ -59,7 +59,7 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
     from ifp_jax.selection.prompt import predictor_tokens
     from ifp_jax.selection.units import select_units
     from ifp_jax.export.small_model import gather_small_decoder, to_host
-    from ifp_jax.runs import open_run
+    from ifp_jax.train.runs import open_run
 
     run = open_run(workdir, cfg=cfg)
     model, params, step = run.model, run.params, run.step

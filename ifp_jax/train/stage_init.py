@@ -9,7 +9,7 @@ import jax
 
 from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.hf import imported
-from ifp_jax.runs import open_run
+from ifp_jax.train.runs import open_run
 from ifp_jax.train.metrics import print_primary
 
 

@@ -32,7 +32,7 @@ def decoder_prompt(vocab, prompt: str) -> list[int]:
 
 def from_workdir(workdir: str, prompt: str, eval_mask: str | None) -> Generator:
     """Restores a run (params only) and selects the prompt's mask with its predictor."""
-    from ifp_jax.runs import open_run
+    from ifp_jax.train.runs import open_run
     from ifp_jax.selection.prompt import predictor_tokens
     from ifp_jax.selection.units import Selector
     from ifp_jax.vocab.light import get_light_vocabulary

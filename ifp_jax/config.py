@@ -92,8 +92,8 @@ class PruningConfig:
     temperature_anneal_steps: int = 1000
     bisection_iters: int = 40
     # Departure from the paper (docs/findings.md#mask-collapse): load-balancing penalty on the
-    # batch-mean of lambda per unit, (F/k^2) * sum_i mean_b(lambda_bi)^2, averaged over layers. 0
-    # disables it.
+    # batch-mean of lambda per unit, (F/k^2) * sum_i mean_b(lambda_bi)^2, averaged over layers.
+    # 0 disables it.
     balance_weight: float = 1.0
     # Evaluation mask: 'hard' = 0/1 top-k; 'lambda' = lambda * TopK (free at inference: it scales
     # rows of W_down). 'static' mode uses learned input-independent scores for both.
@@ -327,13 +327,10 @@ def load_json(path: str) -> ExperimentConfig:
         raise ConfigError(f"{path}: {e}") from None
 
 
-WORKDIR_CONFIG = workdir_lib.CONFIG_FILE  # the resolved config a run writes into its workdir
-
-
 def load_workdir_config(workdir: str) -> ExperimentConfig:
     """The config an `ifp train` run wrote into `workdir` (light: no JAX, no orbax)."""
     import os
-    path = os.path.join(workdir, WORKDIR_CONFIG)
+    path = workdir_lib.config_path(workdir)
     if not os.path.exists(path):
         raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
     return load_json(path)

@@ -25,22 +25,18 @@ import shutil
 import sys
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
+
+import jax
 
 from ifp_jax import config as config_lib
 from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.train import checksums
 from ifp_jax.train.preflight import GB
-from ifp_jax.train.run_errors import (
-    CheckpointWriteError,
-    quiet_orbax_tracebacks,
-    report_failed_save,
-    short_cause,
-)
+from ifp_jax.train.run_errors import (CheckpointWriteError, quiet_orbax_tracebacks,
+                                     report_failed_save, short_cause)
 
-CONFIG_FILE = workdir_lib.CONFIG_FILE
 # Config sections whose change makes an existing checkpoint unusable (shapes or meaning differ).
 STRUCTURAL_KEYS = ("name", "model", "predictor", "pruning.keep_k", "pruning.mode")
 
@@ -202,7 +198,7 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
     config.<n>.json.
     """
     os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = workdir_lib.config_path(workdir)
     new = config_lib.to_dict(cfg)
     if os.path.exists(path):
         with open(path) as f:

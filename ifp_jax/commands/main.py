@@ -52,12 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def is_user_error(e: Exception) -> bool:
     """Errors with a one-line message naming the fix: bad config or data, a missing file, a
-    non-finite loss under train.nan_policy=stop, a checkpoint the disk could not take."""
+    non-finite loss under train.nan_policy=stop, a checkpoint the disk could not take, a bucket
+    that cannot be used."""
     from ifp_jax.config import ConfigError
-    from ifp_jax.errors import DataError
+    from ifp_jax.errors import DataError, StorageError
     from ifp_jax.train.run_errors import CheckpointWriteError, NonFiniteLossError
-    return isinstance(e, (ConfigError, DataError, FileNotFoundError, CheckpointWriteError,
-                          NonFiniteLossError))
+    return isinstance(e, (ConfigError, DataError, StorageError, FileNotFoundError,
+                          CheckpointWriteError, NonFiniteLossError))
 
 
 def main(argv: list[str] | None = None) -> int:

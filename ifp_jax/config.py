@@ -171,6 +171,12 @@ class CheckpointConfig:
     # SHA-256 of every file after a save, checked before a restore (a flipped bit in array data
     # otherwise restores silently); costs one extra read of the checkpoint at save and restore.
     verify: bool = True
+    # Also save when this many minutes passed since the last save (0 = off): on preemptible
+    # capacity the work a preemption can lose is bounded by time, not by steps.
+    every_minutes: float = 0.0
+    # A workdir lock on an object store (gs://) whose holder has not renewed it for this long
+    # belongs to a job that died without releasing it; the next job takes it over.
+    lock_stale_minutes: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,9 +234,11 @@ _MINIMUMS = {"predictor.head_hidden": 1, "predictor.max_prompt_len": 1,
              "train.log_every": 1, "train.eval_every": 0, "checkpoint.every_steps": 1,
              "checkpoint.keep": 1}
 # Rates and temperatures: a NaN or a negative value trains nothing useful (or divides by zero).
-_POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end")
+_POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end",
+                   "checkpoint.lock_stale_minutes")
 _NON_NEGATIVE_FLOATS = ("optimizer.lr_llm", "optimizer.lr_predictor", "optimizer.weight_decay",
-                        "optimizer.grad_clip_norm", "pruning.balance_weight")
+                        "optimizer.grad_clip_norm", "pruning.balance_weight",
+                        "checkpoint.every_minutes")
 
 
 def _get_dotted(cfg: Any, key: str) -> Any:
@@ -329,9 +337,9 @@ def load_json(path: str) -> ExperimentConfig:
 
 def load_workdir_config(workdir: str) -> ExperimentConfig:
     """The config an `ifp train` run wrote into `workdir` (light: no JAX, no orbax)."""
-    import os
+    from ifp_jax.storage import paths
     path = workdir_lib.config_path(workdir)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise ConfigError(f"{path} not found: is {workdir} the --workdir of an `ifp train` run?")
     return load_json(path)
 

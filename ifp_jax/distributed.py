@@ -112,6 +112,15 @@ def _join(kwargs: dict, init_timeout: int, heartbeat_timeout: int, what: str,
 
 
 
+def agree_with_primary(flag: bool) -> bool:
+    """Process 0's `flag` on every process (one broadcast; no collective with one process).
+    Every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
 def on_primary(fn, *args, **kwargs):
     """Runs `fn` on process 0 only (e.g. writing config.json), then tells every process whether
     it succeeded: a ConfigError there is raised on all processes, so none goes on alone."""

@@ -1,35 +1,28 @@
 """JSON files the project writes and reads back: written whole or not at all, read with one-line
 errors.
 
-A process killed mid-write leaves the old file, never half of the new one (the new text goes to a
-temporary file beside it, then replaces it by rename). A file that is cut short, not UTF-8 or not
+A process killed mid-write leaves the old file, never half of the new one (storage/paths.py:
+a local file is replaced by rename, an object in a bucket by one whole upload). A file that is cut short, not UTF-8 or not
 a JSON object is one error line naming the file and the fix, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from ifp_jax.storage import paths
 
 
 def write_json(path: str, obj: Any, **dump_kwargs) -> None:
-    """json.dump(obj) into `path`, atomically (rename within one directory)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, **dump_kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """json.dump(obj) into `path` (local or gs://), atomically."""
+    paths.write_atomic(path, json.dumps(obj, **dump_kwargs))
 
 
 def read_object(path: str, error: type[Exception], fix: str) -> dict:
     """The JSON object in `path`; `error(one line ending in fix)` if it is not one."""
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        obj = json.loads(paths.read_bytes(path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path} is not valid UTF-8 JSON ({type(e).__name__}); {fix}") from None
     if not isinstance(obj, dict):

@@ -340,8 +340,8 @@ def _steps(workdir) -> list[int]:
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_there(run):
-    assert run.exit_code == 143
-    assert "[ifp] SIGTERM: checkpoint saved at step 3; exiting" in run.first
+    assert run.exit_code == 75
+    assert "[ifp] preemption notice (SIGTERM): checkpoint saved at step 3" in run.first
     assert f"[ifp] resumed {run.workdir} at step 3" in run.second
     assert 3 in _steps(run.workdir)
 

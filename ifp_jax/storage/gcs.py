@@ -14,8 +14,10 @@ written anywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 import time
 
 from ifp_jax.errors import StorageError
@@ -30,6 +32,12 @@ def configure_environment() -> None:
     # epath would pick TensorFlow's gfile for gs:// whenever TF is installed (seqio brings it);
     # gfile ignores STORAGE_EMULATOR_HOST and is a second GCS stack next to orbax's. gcsfs it is.
     os.environ.setdefault("EPATH_USE_TF", "false")
+    # gcsfs caches directory listings forever by default: a step another process (or orbax,
+    # through tensorstore) wrote after the first listing would stay invisible.
+    no_listing_cache = {"use_listings_cache": False}
+    os.environ.setdefault("FSSPEC_GS", json.dumps(no_listing_cache))
+    if "fsspec" in sys.modules:  # imported before us: its config was read already
+        sys.modules["fsspec"].config.conf.setdefault("gs", {}).update(no_listing_cache)
     emulator = os.environ.get(EMULATOR)
     if emulator:
         url = emulator if "://" in emulator else f"http://{emulator}"

@@ -20,7 +20,6 @@ a 9B source never load its Adam moments.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from typing import Any
@@ -32,6 +31,7 @@ import jax
 from ifp_jax import config as config_lib
 from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
+from ifp_jax.storage import paths
 from ifp_jax.train import checksums
 from ifp_jax.train.preflight import GB
 from ifp_jax.train.run_errors import (CheckpointWriteError, quiet_orbax_tracebacks,
@@ -45,8 +45,8 @@ class Checkpointer:
     """Thin wrapper over orbax.CheckpointManager: save/restore state + data position."""
 
     def __init__(self, workdir: str, cfg: CheckpointConfig):
-        self.directory = workdir_lib.checkpoints_dir(os.path.abspath(workdir))
-        self.checksum_dir = os.path.join(os.path.abspath(workdir), workdir_lib.CHECKSUMS)
+        self.directory = workdir_lib.checkpoints_dir(paths.absolute(workdir))
+        self.checksum_dir = paths.join(paths.absolute(workdir), workdir_lib.CHECKSUMS)
         self.verify = cfg.verify
         self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
         self._in_flight: int | None = None  # the step an async save is writing
@@ -67,7 +67,9 @@ class Checkpointer:
         the disk has less free space than the state's size."""
         self._record_finished()
         need = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
-        free = shutil.disk_usage(self.directory).free
+        # A bucket has no free-space figure; its quota errors come from the write itself.
+        free = (float("inf") if paths.is_remote(self.directory)
+                else shutil.disk_usage(self.directory).free)
         if free < need:
             self._fail(step, f"{free / GB:.3g} GB free, the state needs {need / GB:.3g} GB; "
                              f"nothing of it was written")
@@ -106,14 +108,14 @@ class Checkpointer:
         steps = self.manager.all_steps()
         for step in steps:
             if not checksums.has_record(self.checksum_dir, step, process):
-                checksums.write_record(os.path.join(self.directory, str(step)),
+                checksums.write_record(paths.join(self.directory, str(step)),
                                        self.checksum_dir, step, process)
         checksums.remove_stale_records(self.checksum_dir, set(steps), process)
 
     def _damaged(self, step: int) -> list[str]:
         if not self.verify:
             return []
-        return checksums.damaged_files(os.path.join(self.directory, str(step)),
+        return checksums.damaged_files(paths.join(self.directory, str(step)),
                                        self.checksum_dir, step) or []
 
     def _newest_readable(self, args) -> tuple[int, Any] | None:
@@ -197,18 +199,17 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
     settings (e.g. train.steps to extend a run) are allowed; the previous config is kept as
     config.<n>.json.
     """
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     path = workdir_lib.config_path(workdir)
     new = config_lib.to_dict(cfg)
-    if os.path.exists(path):
-        with open(path) as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path} is not valid JSON ({e}); move it away or use a new "
-                                  f"--workdir") from None
+    if paths.exists(path):
+        try:
+            old = json.loads(paths.read_text(path))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); move it away or use a new "
+                              f"--workdir") from None
         directory = workdir_lib.checkpoints_dir(workdir)
-        has_ckpt = os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+        has_ckpt = any(n.isdigit() for n in paths.listdir(directory))
         changed = _changed_keys(old, new)
         if has_ckpt:
             if old.get("name") != cfg.name:
@@ -224,16 +225,15 @@ def prepare_workdir(workdir: str, cfg: ExperimentConfig) -> None:
                     f"changed)")
         if changed:
             n = 1
-            while os.path.exists(os.path.join(workdir, f"config.{n}.json")):
+            while paths.exists(paths.join(workdir, f"config.{n}.json")):
                 n += 1
-            os.replace(path, os.path.join(workdir, f"config.{n}.json"))
+            # Copy, then overwrite below (an object store has no rename).
+            paths.write_atomic(paths.join(workdir, f"config.{n}.json"), paths.read_bytes(path))
+            paths.write_atomic(path, config_lib.to_json(cfg))
             print(f"[ifp] config changed in {workdir}: {', '.join(changed[:8])}"
                   f"{' ...' if len(changed) > 8 else ''} (previous kept as config.{n}.json)")
-    if not os.path.exists(path):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(config_lib.to_json(cfg))
-        os.replace(tmp, path)
+    if not paths.exists(path):
+        paths.write_atomic(path, config_lib.to_json(cfg))
 
 
 def restore_latest_params(workdir: str, abstract_params: Any,

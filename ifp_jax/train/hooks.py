@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Protocol
 
 import jax
 from jax.sharding import Mesh
 
+from ifp_jax import distributed
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.train.checkpoint import Checkpointer
 from ifp_jax.train.metrics import MetricsWriter, print_primary
@@ -63,24 +65,47 @@ class LogMetrics:
 
 @dataclasses.dataclass
 class SaveCheckpoint:
-    """Saves state + data position every `every` steps and at the end (async; waited at end)."""
+    """Saves state + data position every `every_steps` steps, and at a logged step when
+    `every_minutes` passed since the last save (0 = off); at the end too (async; waited).
 
-    every: int
+    The time rule is decided on process 0 and broadcast: clocks differ between hosts, and a save
+    is collective, so every process must take the same decision at the same step. It is checked
+    at logged steps only (where all processes already meet), so its granularity is
+    train.log_every steps.
+    """
+
+    every_steps: int
     checkpointer: Checkpointer
+    every_minutes: float = 0.0
+    every: int = 1
+    _last_save: float = dataclasses.field(default_factory=time.monotonic)
 
     def begin(self, ctx, step, state):
-        pass
+        self._last_save = time.monotonic()
 
     def __call__(self, ctx, step, state, metrics):
+        if step % self.every_steps == 0 or (metrics and self._time_is_up()):
+            self.save(ctx, step, state)
+
+    def _time_is_up(self) -> bool:
+        if not self.every_minutes:
+            return False
+        up = time.monotonic() - self._last_save >= self.every_minutes * 60
+        return distributed.agree_with_primary(up)
+
+    def save(self, ctx, step, state) -> None:
         self.checkpointer.save(step, state, ctx.data_state())
+        self._last_save = time.monotonic()
 
     def save_now(self, ctx, step, state) -> None:
-        self.checkpointer.save(step, state, ctx.data_state())
+        """Saves `step` (unless this step's save already started) and waits for it."""
+        if self.checkpointer.latest_step() != step:
+            self.save(ctx, step, state)
         self.checkpointer.wait()
 
     def end(self, ctx, step, state):
         if self.checkpointer.latest_step() != step:
-            self.checkpointer.save(step, state, ctx.data_state())
+            self.save(ctx, step, state)
         self.checkpointer.wait()
 
 

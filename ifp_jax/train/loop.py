@@ -12,8 +12,6 @@ evaluation, profiling: train/hooks.py). Each process feeds only its own rows of 
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 from typing import Any, Sequence
@@ -23,6 +21,7 @@ import jax
 from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
+from ifp_jax.storage import paths
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf import imported
@@ -41,18 +40,41 @@ from ifp_jax.train.teacher import Teacher
 from ifp_jax.train.workdir_lock import WorkdirLock
 
 
+# `ifp train`'s exit status after a preemption notice: saved, rerun to resume (EX_TEMPFAIL).
+# tpu/run.sh relaunches on it; 0 means the run is complete, anything else is a failure.
+EXIT_PREEMPTED = 75
+
+
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
+    """A preemption notice (SIGTERM) -> every process saves at the same step and exits.
+
+    One process: SIGTERM sets a flag, read at the next step boundary. Several processes: the
+    notice may reach any one of them, and a save is collective, so a per-process flag would
+    deadlock. JAX's preemption sync manager (started by jax.distributed.initialize) catches
+    SIGTERM in every process, spreads the notice through the coordination service and agrees
+    on the step at which all processes stop: `reached_preemption_sync_point(step)`.
+    """
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._flag = False
+        self._shared = jax.process_count() > 1
+        self._previous = None
+        if not self._shared:  # a Python handler would replace JAX's in the shared case
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self._flag = True
+
+    def reached(self, step: int) -> bool:
+        """Called once per step on every process; True at the step where all of them save."""
+        if not self._shared:
+            return self._flag
+        from jax.experimental import multihost_utils
+        return multihost_utils.reached_preemption_sync_point(step)
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(metrics: dict, step: int, policy: str) -> None:
@@ -78,25 +100,25 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
                                "model.vocab_size")
     vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,
                                "data.predictor_vocabulary", "predictor.backbone.vocab_size")
-    created = not os.path.exists(workdir)
+    created = not paths.exists(workdir)
     if jax.process_index() == 0:
         preflight.check_workdir_writable(workdir)
-    lock = WorkdirLock(workdir)
+    lock = WorkdirLock(workdir, stale_after_s=cfg.checkpoint.lock_stale_minutes * 60)
     lock.acquire()
     progress = {"training": False}
     try:
-        return _train_locked(cfg, workdir, hooks, progress)
+        return _train_locked(cfg, workdir, hooks, progress, lock)
     except BaseException:
         if created and not progress["training"] and jax.process_index() == 0:
             lock.release()  # a bad mesh, data or source found while setting up: the workdir
-            shutil.rmtree(workdir, ignore_errors=True)  # this call made holds nothing yet
+            paths.rmtree(workdir)  # this call made holds nothing yet
         raise
     finally:
         lock.release()
 
 
 def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
-                  progress: dict) -> TrainState:
+                  progress: dict, lock: WorkdirLock) -> TrainState:
     distributed.on_primary(ckpt_lib.prepare_workdir, workdir, cfg)
     mesh = shd.make_mesh(cfg.mesh)
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
@@ -145,13 +167,28 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
     ctx = LoopContext(cfg=cfg, workdir=workdir, model=model, mesh=mesh, writer=writer,
                       task_names=batches.task_names,
                       data_state=lambda: {**batches.get_state(), "events": events.as_dict()})
-    saver = SaveCheckpoint(every=cfg.checkpoint.every_steps, checkpointer=ckpt)
+    saver = SaveCheckpoint(every_steps=cfg.checkpoint.every_steps,
+                           every_minutes=cfg.checkpoint.every_minutes, checkpointer=ckpt)
     all_hooks = [LogMetrics(every=1), saver, *hooks]
     preempt = _Preemption()
     tokens_per_step = cfg.data.global_batch_size * cfg.data.seq_len
     window: dict[str, Any] | None = None
     window_steps, step, data_seconds = 0, start, 0.0
     writer.start_window(start)
+
+    def end_window(step: int) -> dict:
+        """The metrics of the steps since the last window ended (host sync; every process)."""
+        nonlocal window, window_steps, data_seconds
+        metrics = metric.compute(window, {"task_loss": batches.task_names})
+        events.add_window(metrics)
+        metrics.update(events.metrics())
+        _check_finite(metrics, step, cfg.train.nan_policy)
+        metrics.update(writer.rate(step, tokens_per_step * window_steps, data_seconds))
+        writer.start_window(step)
+        window, window_steps, data_seconds = None, 0, 0.0
+        lock.check_held()
+        return metrics
+
     progress["training"] = True  # from here on the workdir holds the run's own output
     try:
         for hook in all_hooks:
@@ -172,21 +209,19 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
             metrics: dict = {}
             # Windows also end at checkpoint steps, so the fault counts saved are exact.
             if (step % cfg.train.log_every == 0 or step % cfg.checkpoint.every_steps == 0
-                    or last or preempt.requested):
-                metrics = metric.compute(window, {"task_loss": batches.task_names})
-                events.add_window(metrics)
-                metrics.update(events.metrics())
-                _check_finite(metrics, step, cfg.train.nan_policy)
-                metrics.update(writer.rate(step, tokens_per_step * window_steps, data_seconds))
-                writer.start_window(step)
-                window, window_steps, data_seconds = None, 0, 0.0
+                    or last):
+                metrics = end_window(step)
             for hook in all_hooks:
                 if hook.every and step % hook.every == 0:
                     hook(ctx, step, state, metrics)
-            if preempt.requested:
+            if preempt.reached(step):  # once per step on every process (the agreement's rule)
+                if window is not None:
+                    ctx.writer.write(step, end_window(step))
                 saver.save_now(ctx, step, state)
-                print_primary(f"[ifp] SIGTERM: checkpoint saved at step {step}; exiting")
-                raise SystemExit(143)
+                print_primary(f"[ifp] preemption notice (SIGTERM): checkpoint saved at step "
+                              f"{step} by all {jax.process_count()} process(es); exiting with "
+                              f"{EXIT_PREEMPTED} (rerun to resume)")
+                raise SystemExit(EXIT_PREEMPTED)
         if start >= cfg.train.steps:
             print_primary(f"[ifp] {workdir} already trained to step {start} "
                           f"(train.steps={cfg.train.steps})")

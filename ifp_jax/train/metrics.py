@@ -1,5 +1,9 @@
 """Metric sinks: terminal progress line, DIR/metrics.jsonl (one JSON object per logged step) and
-TensorBoard event files (tensorboardX, so no TensorFlow session is needed to write them)."""
+TensorBoard event files (tensorboardX, so no TensorFlow session is needed to write them).
+
+Both are flushed at every logged step, so a preempted run's metrics are there. In a `gs://`
+workdir metrics.jsonl is rewritten whole at each logged step (an object cannot be appended to;
+the file is small) and tensorboardX uploads its event file at each flush."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import jax
 
 from ifp_jax import workdir as workdir_lib
 from ifp_jax.host_memory import process_tree_rss_mib
+from ifp_jax.storage import paths
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -34,12 +39,15 @@ class MetricsWriter:
         self._jsonl = None
         self._tb = None
         if self.primary:
-            os.makedirs(workdir, exist_ok=True)
+            paths.makedirs(workdir)
             path = workdir_lib.metrics_path(workdir)
-            drop_torn_tail(path)
-            self._jsonl = open(path, "a")
+            if paths.is_remote(path):
+                self._jsonl = _ObjectLines(path)
+            else:
+                drop_torn_tail(path)
+                self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, workdir_lib.TENSORBOARD))
+            self._tb = SummaryWriter(paths.join(workdir, workdir_lib.TENSORBOARD))
         self._t0 = time.time()
         self._window_start = (time.time(), None)
 
@@ -93,6 +101,24 @@ class MetricsWriter:
         if self.primary:
             self._jsonl.close()
             self._tb.close()
+
+
+class _ObjectLines:
+    """An append-only text file on an object store: the lines so far, uploaded whole at each
+    flush (one upload replaces the object, so readers never see a torn line)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._text = paths.read_text(path) if paths.exists(path) else ""
+
+    def write(self, line: str) -> None:
+        self._text += line
+
+    def flush(self) -> None:
+        paths.write_atomic(self.path, self._text)
+
+    def close(self) -> None:
+        pass
 
 
 def drop_torn_tail(path: str) -> None:

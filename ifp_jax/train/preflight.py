@@ -10,13 +10,19 @@ from typing import Any
 import jax
 
 from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.storage import gcs, paths
 
 GB = 1e9
 
 
 def check_workdir_writable(workdir: str) -> None:
     """Creates `workdir` and writes, syncs and removes a probe file in it; a one-line
-    ConfigError naming the cause otherwise (a file in the way, no permission, read-only disk)."""
+    ConfigError naming the cause otherwise (a file in the way, no permission, read-only disk).
+    A `gs://` workdir: its bucket is asked once, in seconds (a StorageError naming the bucket
+    and the credential or network problem)."""
+    if paths.is_remote(workdir):
+        gcs.check_bucket(workdir)
+        return
     probe = os.path.join(workdir, f".ifp_write_probe.{os.getpid()}")
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -42,8 +48,11 @@ def check_disk(workdir: str, checkpoint_bytes: int, keep: int, free_bytes: int |
     """The disk estimate as a line to print; a one-line ConfigError when not even one more
     checkpoint fits. Up to keep + 1 checkpoints exist at once (the newest is written before
     the oldest is deleted)."""
-    free = shutil.disk_usage(workdir).free if free_bytes is None else free_bytes
     peak = checkpoint_bytes * (keep + 1)
+    if paths.is_remote(workdir) and free_bytes is None:
+        return (f"checkpoints {checkpoint_bytes / GB:.3g} GB each, up to {keep + 1} at once "
+                f"({peak / GB:.3g} GB) in {workdir} (a bucket: no free-space check)")
+    free = shutil.disk_usage(workdir).free if free_bytes is None else free_bytes
     line = (f"checkpoints {checkpoint_bytes / GB:.3g} GB each, up to {keep + 1} at once "
             f"({peak / GB:.3g} GB); {free / GB:.3g} GB free in {workdir}")
     if free < checkpoint_bytes:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
+from ifp_jax.storage import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,7 @@ def _stored_params(state_dir: str) -> dict[str, tuple] | None:
 
 def _steps(directory: str) -> list[int]:
     """The saved steps in a checkpoints directory, newest first."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted((int(n) for n in os.listdir(directory) if n.isdigit()), reverse=True)
+    return sorted((int(n) for n in paths.listdir(directory) if n.isdigit()), reverse=True)
 
 
 def check_matches_config(workdir: str, abstract_params: Any) -> None:
@@ -81,7 +79,7 @@ def check_matches_config(workdir: str, abstract_params: Any) -> None:
     steps = _steps(directory)
     want = {k: tuple(v.shape) for k, v in _flat(abstract_params).items()}
     for step in steps:
-        stored = _stored_params(os.path.join(directory, str(step), "state"))
+        stored = _stored_params(paths.join(directory, str(step), "state"))
         if stored is None:
             continue
         fix = (f"{workdir_lib.config_path(workdir)} does not match the checkpoints (edited, "

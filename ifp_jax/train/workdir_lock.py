@@ -5,7 +5,9 @@ names the holder). A second job on the same workdir is refused with one line and
 reading or writing anything; the lock dies with its process, so a killed run never leaves a
 stale lock behind. Other processes of the same job learn the outcome from process 0 (one
 broadcast), so all of them stop together. flock is honoured by local filesystems and NFS; on a
-FUSE-mounted bucket it protects only against a second job on the same host.
+FUSE-mounted bucket it protects only against a second job on the same host. A `gs://` workdir
+gets a lock object instead (storage/object_lock.py: created with a generation precondition,
+renewed while the job runs, taken over when stale).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import socket
 
 from ifp_jax import distributed
 from ifp_jax.config import ConfigError
+from ifp_jax.storage import paths
 from ifp_jax.workdir import LOCK_FILE
 
 
-
 class WorkdirLock:
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+    def __init__(self, workdir: str, stale_after_s: float = 600.0):
+        self.path = paths.join(workdir, LOCK_FILE)
+        self.stale_after_s = stale_after_s
         self._fd = None
+        self._object_lock = None
 
     def acquire(self) -> None:
         """Takes the lock on process 0; raises ConfigError on every process if it is held."""
@@ -35,7 +39,20 @@ class WorkdirLock:
         if error:
             raise ConfigError(error)
 
+    def check_held(self) -> None:
+        """Raises ConfigError on every process if another job took the lock over (ours was
+        thought dead): two jobs must not write one workdir."""
+        if distributed.agree_with_primary(self._object_lock is not None
+                                          and self._object_lock.lost):
+            raise ConfigError(f"another job took over the lock {self.path} (this one was "
+                              f"thought dead: lock not renewed for {self.stale_after_s:.0f}s); "
+                              f"stopped without saving; use one job per --workdir")
+
     def _try_lock(self) -> str:
+        if paths.is_remote(self.path):
+            from ifp_jax.storage.object_lock import ObjectLock
+            self._object_lock = ObjectLock(self.path, self.stale_after_s)
+            return self._object_lock.acquire()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -55,6 +72,9 @@ class WorkdirLock:
         return ""
 
     def release(self) -> None:
+        if self._object_lock is not None:
+            self._object_lock.release()
+            self._object_lock = None
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

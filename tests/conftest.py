@@ -9,3 +9,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # libtpu is only used for topology descriptions (AOT compiles): no chip is claimed.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+pytest_plugins = ("gcs_emulator",)  # the `gcs_emulator` and `bucket` fixtures

@@ -13,10 +13,13 @@ overlap_<group>.png, and collapse.png from DIR/metrics.jsonl (the signals over t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import numpy as np
+
+from ifp_jax.storage import paths
 
 COLLAPSE_SIGNALS = ("mask/overlap_within_task", "mask/overlap_across_tasks",
                     "mask/units_used_frac", "mask/lambda_kept_mean")
@@ -72,7 +75,7 @@ def _plot_overlap(matrix: np.ndarray, names: list[str], title: str, path: str) -
 def plot_collapse_signals(metrics_path: str, path: str) -> bool:
     """The collapse signals of DIR/metrics.jsonl over training steps -> PNG; False if none."""
     series: dict[str, list[tuple[int, float]]] = {k: [] for k in COLLAPSE_SIGNALS}
-    with open(metrics_path, encoding="utf-8") as f:
+    with io.StringIO(paths.read_text(metrics_path)) as f:
         for line in f:
             row = json.loads(line)
             for key in COLLAPSE_SIGNALS:
@@ -114,6 +117,6 @@ def write_mask_report(out_dir: str, *, masks: np.ndarray, task_of: np.ndarray,
                       os.path.join(out_dir, f"overlap_{group}.png"))
     with open(os.path.join(out_dir, "overlap.json"), "w") as f:
         json.dump(report, f, indent=2)
-    if metrics_path and os.path.exists(metrics_path):
+    if metrics_path and paths.exists(metrics_path):
         plot_collapse_signals(metrics_path, os.path.join(out_dir, "collapse.png"))
     return report

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import jax
 
@@ -29,6 +28,7 @@ from ifp_jax.selection.batch_masks import MASKS
 from ifp_jax.eval.mask_analysis import write_mask_report
 from ifp_jax.train.runs import open_run
 from ifp_jax.safe_names import plain_name
+from ifp_jax.storage import paths, staging
 from ifp_jax.workdir import metrics_path
 
 
@@ -63,7 +63,7 @@ def _suffix(mask: str, eval_mask: str, split: str) -> str:
 
 
 def results_path(workdir: str, mask: str, eval_mask: str, split: str = "validation") -> str:
-    return os.path.join(workdir, f"eval_{_suffix(mask, eval_mask, split)}.json")
+    return paths.join(workdir, f"eval_{_suffix(mask, eval_mask, split)}.json")
 
 
 def check_split(split: str, task_names: list[str]) -> None:
@@ -108,19 +108,20 @@ def evaluate_workdir(workdir: str, *, mask: str | None = None, eval_mask: str | 
     result = evaluate(run.model, run.params, cfg, run.mesh, task_names=names, mode=mode,
                       per_task=per_task, split=split, text_task_names=text_names)
     suffix = _suffix(mask, cfg.pruning.eval_mask, split)
-    record = {"workdir": os.path.abspath(workdir), "step": step, "mask": mask,
+    record = {"workdir": paths.absolute(workdir), "step": step, "mask": mask,
               "eval_mask": cfg.pruning.eval_mask, "split": split, "per_task": result.per_task,
               "mean": result.mean, "perplexity": result.perplexity,
               "mask_stats": result.mask_stats,
               "samples": {k: [list(s) for s in v] for k, v in result.samples.items()}}
     if jax.process_index() == 0:
         if result.kept is not None:
-            report_dir = os.path.join(workdir, f"masks_{suffix}")
-            write_mask_report(report_dir, masks=result.kept, task_of=result.task_of,
-                              names=list(result.per_task),
-                              title=f"{os.path.basename(os.path.abspath(workdir))}, {mask} masks"
-                              + ("" if split == "validation" else f", {split} split"),
-                              metrics_path=metrics_path(workdir))
+            report_dir = paths.join(workdir, f"masks_{suffix}")
+            with staging.staged_output(report_dir, marker="overlap.json") as tmp:
+                write_mask_report(tmp, masks=result.kept, task_of=result.task_of,
+                                  names=list(result.per_task),
+                                  title=f"{paths.basename(paths.absolute(workdir))}, {mask} "
+                                  f"masks" + ("" if split == "validation" else f", {split} split"),
+                                  metrics_path=metrics_path(workdir))
             record["mask_report"] = report_dir
         record = _json_safe(record)
         json_files.write_json(results_path(workdir, mask, cfg.pruning.eval_mask, split), record,

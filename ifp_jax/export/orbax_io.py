@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from ifp_jax.config import ConfigError, ModelConfig, from_dict, to_dict
 from ifp_jax.json_files import read_object
 from ifp_jax.safe_names import plain_name
+from ifp_jax.storage import paths, staging
 
 MODEL_FILE = "ifp_model.json"
 
@@ -48,7 +49,12 @@ def vocabulary_file(spec: str) -> str:
 
 def load_exported(path: str) -> tuple[ModelConfig, dict, str]:
     """DIR (or DIR/orbax of an `ifp export`) -> (ModelConfig, decoder params as numpy f32,
-    vocabulary spec with file paths made absolute)."""
+    vocabulary spec with file paths made absolute). A gs:// export is read from a local copy
+    (the tokenizer and the checks read local files; an export is small)."""
+    if paths.is_remote(path):
+        orbax_dir = paths.join(path, "orbax")
+        path = staging.local_copy(orbax_dir if paths.isfile(paths.join(orbax_dir, MODEL_FILE))
+                                  else path)
     path = os.path.abspath(path)
     if not os.path.isfile(os.path.join(path, MODEL_FILE)) and os.path.isfile(
             os.path.join(path, "orbax", MODEL_FILE)):

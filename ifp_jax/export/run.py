@@ -9,27 +9,27 @@ Selection text: --prompt (a user prompt, read as the predictor reads training pr
 --instruction (a hand-written task instruction: the paper's per-task mode,
 docs/method.md#the-sparsity-predictor), or --task NAME (that task's registered instruction text:
 for the embedded skills, the first wording of the skill).
-The output is written into a temporary sibling directory and moved into place when complete,
-so a failure never leaves a half-written export, and an existing OUT is replaced only with
---overwrite (after the new one is complete).
+The output is written into a temporary local directory and moved into place when complete (or,
+for a gs:// OUT, uploaded with export.json last), so a failure never leaves a half-written
+export, and an existing OUT is replaced only with --overwrite (after the new one is complete).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 from ifp_jax.config import ConfigError, load_workdir_config
 from ifp_jax.data.skills import task_instruction
+from ifp_jax.storage import paths, staging
 
 FORMATS = ("hf", "orbax", "gguf")
+MANIFEST = "export.json"  # written last: an export without it is incomplete
 
 
 def _check_out(out: str, overwrite: bool) -> str:
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
+    out = paths.absolute(out)
+    if paths.exists(out) and not overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
     return out
 
@@ -71,23 +71,14 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
                                             selection.keep_idx, fold)
     small = to_host(small)
     meta = manifest.export_metadata(
-        source_workdir=os.path.abspath(workdir), source_step=step, selection=selection,
+        source_workdir=paths.absolute(workdir), source_step=step, selection=selection,
         text=text, text_kind=kind, task=task, params_hash=manifest.content_hash(small))
 
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".ifp-export-", dir=parent)
-    try:
+    with staging.staged_output(out, marker=MANIFEST) as tmp:
         write_formats(tmp, cfg=small_cfg, params=small, vocabulary=cfg.data.vocabulary,
                       meta=meta, formats=formats)
-        with open(os.path.join(tmp, "export.json"), "w") as f:
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(out):  # --overwrite: the old export goes only once the new is whole
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"[ifp] exported {workdir} @ step {step} ({selection.mode}, {selection.eval_mask} mask, "
         f"k={small_cfg.d_ffn} of {cfg.model.d_ffn} units/layer) for {kind} {text!r} -> {out} "
         f"[{', '.join(formats)}] hash {meta['content_hash'][:12]}")

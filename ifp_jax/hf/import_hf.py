@@ -16,19 +16,20 @@ from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError
 from ifp_jax.errors import DataError
 from ifp_jax.hf.import_layout import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
+from ifp_jax.storage import paths, staging
 
 # Copied beside tokenizer.json: they name the special tokens (vocab/tokenizer_json.py reads them).
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def _check_out(out: str, overwrite: bool) -> None:
-    if not os.path.lexists(out):
+    if not (paths.exists(out) if paths.is_remote(out) else os.path.lexists(out)):
         return
     if not overwrite:
         raise ConfigError(f"--out {out} exists; pass --overwrite to replace it (nothing was "
                           f"changed)")
     # --overwrite replaces an earlier import only: a mistyped --out must not delete a project.
-    if not (is_import_dir(out) or (os.path.isdir(out) and not os.listdir(out))):
+    if not (is_import_dir(out) or (paths.isdir(out) and not paths.listdir(out))):
         raise ConfigError(f"--out {out} is not an `ifp import-hf` directory; refusing to replace "
                           f"it even with --overwrite (choose another --out)")
 
@@ -46,7 +47,7 @@ def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False)
     """Writes the import directory `out` from the HF checkpoint `src`; returns its metadata."""
     import orbax.checkpoint as ocp
     from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
-    src, out = (os.path.abspath(os.path.expanduser(p)) for p in (src, out))
+    src, out = os.path.abspath(os.path.expanduser(src)), paths.absolute(out)
     if kind not in KINDS:
         raise ConfigError(f"--as {kind!r} is not one of {list(KINDS)}")
     _check_out(out, overwrite)
@@ -60,26 +61,19 @@ def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False)
     if has_tokenizer:
         _check_tokenizer(tokenizer, cfg.vocab_size)
     meta = {"kind": kind, "model": config_lib.to_dict(cfg), "source": src,
-            "vocabulary": os.path.join(out, TOKENIZER_FILE) if has_tokenizer else "byte",
+            "vocabulary": paths.join(out, TOKENIZER_FILE) if has_tokenizer else "byte",
             "hf_config": hf_config}
 
-    tmp = f"{out}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.makedirs(tmp)
+    # Written locally, then moved (or uploaded) into place with its marker last.
+    with staging.staged_output(out, marker=IMPORT_FILE) as tmp:
         ocp.PyTreeCheckpointer().save(os.path.join(tmp, PARAMS_DIR),
                                       args=ocp.args.PyTreeSave(params))
         if has_tokenizer:
             for name in (TOKENIZER_FILE,) + TOKENIZER_SIDE_FILES:
                 if os.path.isfile(os.path.join(src, name)):
                     shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
-        with open(os.path.join(tmp, IMPORT_FILE), "w") as f:  # last: marks a complete import
+        with open(os.path.join(tmp, IMPORT_FILE), "w") as f:  # marks a complete import
             json.dump(meta, f, indent=2, sort_keys=True)
-        if os.path.lexists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"[ifp] imported {src} as {kind}: {n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "
           f"d_model {cfg.d_model}, d_ffn {cfg.d_ffn}, vocab {cfg.vocab_size} "
           f"({'tokenizer.json' if has_tokenizer else 'byte vocabulary: no tokenizer.json'}) "

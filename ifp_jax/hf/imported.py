@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -24,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError, ExperimentConfig, ModelConfig
+from ifp_jax.storage import paths
 from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf.weights import ARCH_FIELDS, param_shapes, unstack_layers
 
@@ -36,14 +36,20 @@ _VOCAB_AXIS = {("embed_tokens", "embedding"): 0, ("lm_head", "kernel"): 1}
 def load_import(path: str) -> tuple[dict, ModelConfig]:
     """(ifp_import.json contents, the imported ModelConfig). A tokenizer vocabulary is
     resolved inside `path`, so a moved import dir still finds its tokenizer.json."""
-    file = os.path.join(path, IMPORT_FILE)
-    if not os.path.isfile(file):
+    file = paths.join(path, IMPORT_FILE)
+    if not paths.isfile(file):
         raise ConfigError(f"{file} not found: {path} is not an `ifp import-hf` directory")
-    with open(file) as f:
-        meta = json.load(f)
+    meta = json.loads(paths.read_text(file))
     cfg = config_lib.from_dict(ModelConfig, meta["model"])
-    if meta["vocabulary"] != "byte":
-        meta["vocabulary"] = os.path.join(os.path.abspath(path), TOKENIZER_FILE)
+    if meta["vocabulary"] != "byte":  # tokenizers read local files: a bucket's is fetched
+        vocab = paths.join(paths.absolute(path), TOKENIZER_FILE)
+        if paths.is_remote(vocab):
+            from ifp_jax.storage import staging
+            for side in ("tokenizer_config.json", "special_tokens_map.json"):
+                if paths.isfile(paths.join(path, side)):
+                    staging.local_file(paths.join(path, side))
+            vocab = staging.local_file(vocab)
+        meta["vocabulary"] = vocab
     return meta, cfg
 
 
@@ -101,7 +107,7 @@ def restore_import_params(path: str, abstract_decoder_params: Any) -> Any:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
         target)
     params = ocp.PyTreeCheckpointer().restore(
-        os.path.join(os.path.abspath(path), PARAMS_DIR),
+        paths.join(paths.absolute(path), PARAMS_DIR),  # gs:// too: orbax reads its shards
         args=ocp.args.PyTreeRestore(
             item=item, restore_args=jax.tree_util.tree_map_with_path(restore_args, target),
             partial_restore=True))

@@ -157,10 +157,13 @@ def rmtree(path: str) -> None:
         as_epath(path).rmtree()
 
 
-def copy_tree(src: str, dst: str) -> None:
-    """Copies every file under `src` to the same relative path under `dst` (either side local
-    or remote). Files are copied one by one; callers publish completeness by a marker file."""
+def copy_tree(src: str, dst: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Copies every file under `src` (but the relative paths in `skip`) to the same relative
+    path under `dst`, either side local or remote. Files are copied one by one: callers
+    publish completeness by writing a marker file last."""
     for rel in walk_files(src):
+        if rel in skip:
+            continue
         target = join(dst, rel)
         makedirs(parent(target))
         as_epath(join(src, rel)).copy(as_epath(target), overwrite=True)

@@ -94,8 +94,21 @@ def test_shellcheck():
 # ---------------------------------------------------------------- create / teardown
 
 
-def test_create_tpu_vm(stub_bin):
+def test_create_queued_resource_by_default(stub_bin):
     cmds = dry("create", "my-tpu", *ZONE, "--accelerator-type", "v5p-128", stub=stub_bin)
+    assert line(cmds[0]) == ("gcloud compute tpus queued-resources create my-tpu --zone us-east5-a "
+                             "--node-id my-tpu --accelerator-type v5p-128 "
+                             "--runtime-version v2-alpha-tpuv5")
+    assert line(cmds[1]) == ("gcloud compute tpus queued-resources describe my-tpu "
+                             "--zone us-east5-a --format=value(state.state)")
+    assert len(cmds) == 2
+    assert dry("create", "my-tpu", *ZONE, "--accelerator-type", "v5p-128", "--queued",
+               stub=stub_bin) == cmds  # --queued: the default, still accepted
+
+
+@pytest.mark.parametrize("direct", ["--direct", "--no-queued"])
+def test_create_tpu_vm_direct(stub_bin, direct):
+    cmds = dry("create", "my-tpu", *ZONE, "--accelerator-type", "v5p-128", direct, stub=stub_bin)
     assert line(cmds[0]) == ("gcloud compute tpus tpu-vm create my-tpu --zone us-east5-a "
                              "--accelerator-type v5p-128 --version v2-alpha-tpuv5")
     assert line(cmds[1]) == ("gcloud compute tpus tpu-vm describe my-tpu --zone us-east5-a "
@@ -112,23 +125,28 @@ def test_create_tpu_vm(stub_bin):
 ])
 def test_create_runtime_defaults(stub_bin, given, accel, runtime):
     create = dry("create", "t1", *ZONE, "--accelerator-type", given, "--no-wait", stub=stub_bin)
-    assert create == [["gcloud", "compute", "tpus", "tpu-vm", "create", "t1", *ZONE,
-                       "--accelerator-type", accel, "--version", runtime]]
+    assert create == [["gcloud", "compute", "tpus", "queued-resources", "create", "t1", *ZONE,
+                       "--node-id", "t1", "--accelerator-type", accel,
+                       "--runtime-version", runtime]]
 
 
 def test_create_options(stub_bin):
     (cmd, _) = dry("create", "t1", *ZONE, "--accelerator-type=v4-8", "--runtime", "my-rt",
-                   "--project", "proj", "--preemptible", stub=stub_bin)
+                   "--project", "proj", "--preemptible", "--direct", stub=stub_bin)
     assert line(cmd) == ("gcloud compute tpus tpu-vm create t1 --zone us-east5-a --project proj "
                          "--accelerator-type v4-8 --version my-rt --preemptible")
+    (cmd, _) = dry("create", "t1", *ZONE, "--accelerator-type=v4-8", "--spot", "--direct",
+                   stub=stub_bin)
+    assert cmd[-1] == "--spot" and cmd[3:5] == ["tpu-vm", "create"]
 
 
-def test_create_queued_spot(stub_bin):
+@pytest.mark.parametrize("flag", ["--spot", "--reserved"])
+def test_create_queued_spot_or_reserved(stub_bin, flag):
     create, describe = dry("create", "my-tpu", *ZONE, "--accelerator-type", "v5e-256",
-                           "--queued", "--spot", "--qr-id", "my-qr", stub=stub_bin)
+                           flag, "--qr-id", "my-qr", stub=stub_bin)
     assert line(create) == ("gcloud compute tpus queued-resources create my-qr --zone us-east5-a "
                             "--node-id my-tpu --accelerator-type v5litepod-256 "
-                            "--runtime-version v2-alpha-tpuv5-lite --spot")
+                            f"--runtime-version v2-alpha-tpuv5-lite {flag}")
     assert line(describe) == ("gcloud compute tpus queued-resources describe my-qr "
                               "--zone us-east5-a --format=value(state.state)")
 
@@ -136,16 +154,20 @@ def test_create_queued_spot(stub_bin):
 def test_zone_and_project_from_env(stub_bin):
     (cmd,) = dry("teardown", "my-tpu", stub=stub_bin,
                  env={"IFP_TPU_ZONE": "europe-west4-a", "IFP_TPU_PROJECT": "p1"})
-    assert line(cmd) == ("gcloud compute tpus tpu-vm delete my-tpu --zone europe-west4-a "
-                         "--project p1 --quiet")
+    assert line(cmd) == ("gcloud compute tpus queued-resources delete my-tpu "
+                         "--zone europe-west4-a --project p1 --force --quiet")
 
 
 def test_teardown(stub_bin):
-    (vm,) = dry("teardown", "my-tpu", *ZONE, stub=stub_bin)
-    assert line(vm) == "gcloud compute tpus tpu-vm delete my-tpu --zone us-east5-a --quiet"
-    (qr,) = dry("teardown", "my-tpu", *ZONE, "--queued", stub=stub_bin)
+    (qr,) = dry("teardown", "my-tpu", *ZONE, stub=stub_bin)
     assert line(qr) == ("gcloud compute tpus queued-resources delete my-tpu --zone us-east5-a "
                         "--force --quiet")
+    assert dry("teardown", "my-tpu", *ZONE, "--queued", stub=stub_bin) == [qr]
+    (qr,) = dry("teardown", "my-tpu", *ZONE, "--qr-id", "q7", stub=stub_bin)
+    assert qr[5] == "q7"
+    for direct in ("--direct", "--no-queued"):
+        (vm,) = dry("teardown", "my-tpu", *ZONE, direct, stub=stub_bin)
+        assert line(vm) == "gcloud compute tpus tpu-vm delete my-tpu --zone us-east5-a --quiet"
 
 
 def test_create_waits_until_ready(stub_bin, tmp_path):
@@ -155,7 +177,7 @@ def test_create_waits_until_ready(stub_bin, tmp_path):
         f'#!/bin/bash\necho "$*" >> {calls}\n'
         f'[[ $* == *describe* ]] && {{ [[ $(grep -c describe {calls}) -ge 2 ]] && echo READY '
         f'|| echo CREATING; }}\nexit 0\n')
-    r = run("create", "t1", *ZONE, "--accelerator-type", "v6e-8", stub=stub_bin,
+    r = run("create", "t1", *ZONE, "--accelerator-type", "v6e-8", "--direct", stub=stub_bin,
             env={"IFP_TPU_POLL_SECONDS": "0"})
     assert r.returncode == 0, r.stderr
     lines = calls.read_text().splitlines()
@@ -194,19 +216,19 @@ def test_setup_git_url_and_bucket(stub_bin):
 
 
 def test_launch(stub_bin):
-    (cmd,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "/gcs/b/run1",
+    (cmd,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "/gcs/bkt/run1",
                  "train.steps=10", *ZONE, stub=stub_bin)
     assert cmd[5:9] == ["my-tpu", *ZONE, "--worker=all"]
     rc = remote(cmd)
-    assert "ifp train tiny_multiskill --workdir /gcs/b/run1 train.steps=10" in rc
+    assert "ifp train tiny_multiskill --workdir /gcs/bkt/run1 train.steps=10" in rc
     assert "setsid nohup" in rc and ">> ~/ifp_logs/run1.log 2>&1 < /dev/null &" in rc
 
 
 def test_launch_profile_and_run_name(stub_bin):
     (cmd,) = dry("launch", "my-tpu", "tiny_multiskill", "train.steps=10", "--workdir",
-                 "/gcs/b/run1", "--profile-steps", "10:15", "--run", "r7", *ZONE, stub=stub_bin)
+                 "/gcs/bkt/run1", "--profile-steps", "10:15", "--run", "r7", *ZONE, stub=stub_bin)
     rc = remote(cmd)
-    assert "ifp train tiny_multiskill --workdir /gcs/b/run1 --profile-steps 10:15 train.steps=10" in rc
+    assert "ifp train tiny_multiskill --workdir /gcs/bkt/run1 --profile-steps 10:15 train.steps=10" in rc
     assert "~/ifp_logs/r7.log" in rc
 
 
@@ -226,10 +248,10 @@ def test_logs(stub_bin):
 
 
 def test_collect(stub_bin):
-    mkdir, cp = dry("collect", "my-tpu", "--workdir", "/gcs/b/runs/run1", "--dest", "out",
+    mkdir, cp = dry("collect", "my-tpu", "--workdir", "/gcs/bkt/runs/run1", "--dest", "out",
                     stub=stub_bin)
     assert mkdir == ["mkdir", "-p", "out"]
-    assert line(cp) == "gcloud storage cp -r gs://b/runs/run1 out/"
+    assert line(cp) == "gcloud storage cp -r gs://bkt/runs/run1 out/"
     _, scp = dry("collect", "my-tpu", "--workdir", "/home/me/run1", *ZONE, stub=stub_bin)
     assert line(scp) == ("gcloud compute tpus tpu-vm scp --recurse my-tpu:/home/me/run1 runs/ "
                          "--zone us-east5-a --worker=0")
@@ -244,14 +266,21 @@ def test_collect(stub_bin):
     ("create", ["my-tpu", *ZONE, "--accelerator-type", "tpu-big"], "accelerator type"),
     ("create", ["my-tpu", *ZONE], "--accelerator-type"),
     ("create", ["--accelerator-type", "v5p-8", *ZONE], "TPU name"),
-    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--spot", "--preemptible"], "--spot"),
+    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--spot", "--preemptible",
+                "--direct"], "--spot"),
+    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--spot", "--reserved"], "pick one"),
+    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--preemptible"], "--direct"),
+    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--reserved", "--direct"],
+     "--reserved"),
+    ("create", ["my-tpu", *ZONE, "--accelerator-type", "v5p-8", "--queued", "--direct"], "pick one"),
+    ("teardown", ["my-tpu", *ZONE, "--queued", "--no-queued"], "pick one"),
     ("setup", ["my-tpu"], "--zone"),
     ("setup", ["my-tpu", *ZONE, "--bucket", "Bad_Bucket!"], "bucket"),
     ("launch", ["my-tpu", "tiny_multiskill", *ZONE], "--workdir"),
     ("launch", ["my-tpu", "tiny_multiskill", "--workdir", "run1", *ZONE], "absolute"),
-    ("launch", ["my-tpu", "--workdir", "/gcs/b/r", *ZONE], "EXPERIMENT"),
-    ("launch", ["my-tpu", "x", "--workdir", "/gcs/b/r", "--profile-steps", "5", *ZONE], "A:B"),
-    ("launch", ["my-tpu", "x", "--workdir", "/gcs/b/r", "notanoverride", *ZONE], "section.key=value"),
+    ("launch", ["my-tpu", "--workdir", "/gcs/bkt/r", *ZONE], "EXPERIMENT"),
+    ("launch", ["my-tpu", "x", "--workdir", "/gcs/bkt/r", "--profile-steps", "5", *ZONE], "A:B"),
+    ("launch", ["my-tpu", "x", "--workdir", "/gcs/bkt/r", "notanoverride", *ZONE], "section.key=value"),
     ("logs", [*ZONE], "TPU name"),
     ("logs", ["my-tpu", *ZONE, "--worker", "x"], "--worker"),
     ("collect", ["my-tpu", *ZONE], "--workdir"),
@@ -278,7 +307,7 @@ def test_every_remote_command_parses(stub_bin):
     invocations = [
         ("setup", "t", *ZONE, "--bucket", "my-bucket"),
         ("setup", "t", *ZONE, "--git-url", "https://example.com/x.git", "--git-ref", "v1"),
-        ("launch", "t", "tiny_multiskill", "--workdir", "/gcs/b/r", "--profile-steps", "2:4",
+        ("launch", "t", "tiny_multiskill", "--workdir", "/gcs/bkt/r", "--profile-steps", "2:4",
          "a.b=it's", *ZONE),
         ("launch", "t", "--stop", *ZONE),
         ("logs", "t", *ZONE), ("logs", "t", "--all", *ZONE),
@@ -330,7 +359,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
 def test_launch_snippet_detaches_refuses_twice_and_stops(stub_bin, worker_home):
     odd = "data.note=it's a b"
-    (launch,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "/gcs/b/run 1",
+    (launch,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "/gcs/bkt/run 1",
                     "train.steps=10", odd, "--run", "run1", *ZONE, stub=stub_bin)
     (stop,) = dry("launch", "my-tpu", "--stop", *ZONE, stub=stub_bin)
     (tail,) = dry("logs", "my-tpu", "--no-follow", *ZONE, stub=stub_bin)
@@ -342,7 +371,7 @@ def test_launch_snippet_detaches_refuses_twice_and_stops(stub_bin, worker_home):
         pid = int((logs / "run1.pid").read_text())
         assert alive(pid) and os.getsid(pid) == pid  # its own session: ssh hangup can't reach it
         assert (logs / "latest.pid").resolve() == (logs / "run1.pid").resolve()
-        args = ["[train]", "[tiny_multiskill]", "[--workdir]", "[/gcs/b/run 1]",
+        args = ["[train]", "[tiny_multiskill]", "[--workdir]", "[/gcs/bkt/run 1]",
                 "[train.steps=10]", f"[{odd}]"]
         assert wait_for(lambda: (logs / "run1.log").read_text().split("\n")[:6] == args)
 

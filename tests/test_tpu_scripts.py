@@ -1,13 +1,16 @@
 """tpu/*.sh: the gcloud commands their --dry-run prints, their argument errors, and the remote
-shell snippets (launch / stop / logs / unpack) run locally against a fake home directory.
+shell snippets (launch / stop / logs / unpack / job status) run locally against a fake home
+directory.
 
 No gcloud and no network: a stub `gcloud` / `git` on PATH records any call, and dry-runs must
-make none.
+make none. run.sh's relaunch loop runs for real against a stub gcloud that simulates a queued
+resource's state and runs the job snippets on a fake worker (`fake_cloud`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -21,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU = ROOT / "tpu"
-SCRIPTS = ["create", "setup", "launch", "logs", "collect", "teardown"]
+SCRIPTS = ["create", "setup", "launch", "logs", "collect", "teardown", "run"]
 ALL_FILES = [TPU / f"{s}.sh" for s in SCRIPTS] + [TPU / "common.sh"]
 ZONE = ["--zone", "us-east5-a"]
 
@@ -237,6 +240,29 @@ def test_launch_stop(stub_bin):
     assert "--worker=all" in cmd and "kill -TERM" in remote(cmd)
 
 
+def wrapper(cmd: list[str]) -> str:
+    """The wrapper script launch.sh's snippet writes to ~/ifp_logs/RUN.sh (as one string)."""
+    m = re.search(r"printf '%s\\n' (.*) > ~/ifp_logs/[^ ]+\.sh; ", remote(cmd))
+    assert m, remote(cmd)
+    return m.group(1)
+
+
+def test_launch_gs_workdir_env_and_log_upload(stub_bin):
+    (cmd,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "gs://bkt/run1/", *ZONE,
+                 "--env", "XLA_FLAGS=--xla_dump_to=/tmp/x", "--env", "EMPTY=", stub=stub_bin)
+    lines = shlex.split(wrapper(cmd))
+    assert "~/ifp_venv/bin/ifp train tiny_multiskill --workdir gs://bkt/run1 &" in lines
+    assert "export XLA_FLAGS=--xla_dump_to=/tmp/x" in lines and "export EMPTY=''" in lines
+    assert any('gs://bkt/run1/logs/"$(hostname)".log' in x for x in lines)
+    assert "while sleep 60; do upload; done &" in lines
+    assert "~/ifp_logs/run1.log" in remote(cmd)
+    (cmd,) = dry("launch", "my-tpu", "x", "--workdir", "/gcs/bkt/r2", "--logs-to", "gs://other/l",
+                 "--logs-every", "5", *ZONE, stub=stub_bin)
+    assert 'gs://other/l/"$(hostname)".log' in wrapper(cmd) and "sleep 5;" in wrapper(cmd)
+    (cmd,) = dry("launch", "my-tpu", "x", "--workdir", "/home/me/r3", *ZONE, stub=stub_bin)
+    assert "gcloud storage" not in remote(cmd) and "~/ifp_logs/r3.exit" in remote(cmd)
+
+
 def test_logs(stub_bin):
     (w0,) = dry("logs", "my-tpu", *ZONE, stub=stub_bin)
     assert "--worker=0" in w0 and remote(w0) == "tail -n 100 -F ~/ifp_logs/latest.log"
@@ -252,6 +278,8 @@ def test_collect(stub_bin):
                     stub=stub_bin)
     assert mkdir == ["mkdir", "-p", "out"]
     assert line(cp) == "gcloud storage cp -r gs://bkt/runs/run1 out/"
+    _, cp = dry("collect", "--workdir", "gs://bkt/runs/run1/", stub=stub_bin)
+    assert line(cp) == "gcloud storage cp -r gs://bkt/runs/run1 runs/"
     _, scp = dry("collect", "my-tpu", "--workdir", "/home/me/run1", *ZONE, stub=stub_bin)
     assert line(scp) == ("gcloud compute tpus tpu-vm scp --recurse my-tpu:/home/me/run1 runs/ "
                          "--zone us-east5-a --worker=0")
@@ -281,6 +309,32 @@ def test_collect(stub_bin):
     ("launch", ["my-tpu", "--workdir", "/gcs/bkt/r", *ZONE], "EXPERIMENT"),
     ("launch", ["my-tpu", "x", "--workdir", "/gcs/bkt/r", "--profile-steps", "5", *ZONE], "A:B"),
     ("launch", ["my-tpu", "x", "--workdir", "/gcs/bkt/r", "notanoverride", *ZONE], "section.key=value"),
+    ("launch", ["my-tpu", "x", "--workdir", "gs://bkt", *ZONE], "gs://BUCKET/RUN"),
+    ("launch", ["my-tpu", "x", "--workdir", "gs://Bad_Bucket/r", *ZONE], "gs://BUCKET/RUN"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--env", "NOVALUE", *ZONE], "--env KEY=VALUE"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--env", "1X=a", *ZONE], "--env KEY=VALUE"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--env", "A=1\n2", *ZONE], "one line"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--env", *ZONE], "--env needs a value"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--logs-to", "/tmp/l", *ZONE], "--logs-to"),
+    ("launch", ["my-tpu", "x", "--workdir", "/r", "--logs-every", "0", *ZONE], "--logs-every"),
+    ("collect", ["--workdir", "gs://x", *ZONE], "gs://BUCKET/RUN"),
+    ("run", ["my-tpu", "x", "--workdir", "/gcs/bkt/r", "--accelerator-type", "v5p-8", *ZONE],
+     "gs://BUCKET/RUN"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", *ZONE], "--accelerator-type"),
+    ("run", ["my-tpu", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8", *ZONE], "EXPERIMENT"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8"], "--zone"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v9-8", *ZONE],
+     "accelerator type"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8", "--env",
+             "oops", *ZONE], "--env KEY=VALUE"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8", "bad",
+             *ZONE], "section.key=value"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8",
+             "--max-attempts", "0", *ZONE], "--max-attempts"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8",
+             "--backoff", "1m", *ZONE], "--backoff"),
+    ("run", ["my-tpu", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v5p-8",
+             "--preemptible", *ZONE], "--preemptible"),
     ("logs", [*ZONE], "TPU name"),
     ("logs", ["my-tpu", *ZONE, "--worker", "x"], "--worker"),
     ("collect", ["my-tpu", *ZONE], "--workdir"),
@@ -309,14 +363,20 @@ def test_every_remote_command_parses(stub_bin):
         ("setup", "t", *ZONE, "--git-url", "https://example.com/x.git", "--git-ref", "v1"),
         ("launch", "t", "tiny_multiskill", "--workdir", "/gcs/bkt/r", "--profile-steps", "2:4",
          "a.b=it's", *ZONE),
+        ("launch", "t", "x", "--workdir", "gs://bkt/r", "--env", "A=it's \"q\" $HOME", *ZONE),
         ("launch", "t", "--stop", *ZONE),
         ("logs", "t", *ZONE), ("logs", "t", "--all", *ZONE),
+        ("run", "t", "x", "--workdir", "gs://bkt/r", "--accelerator-type", "v4-8", *ZONE),
     ]
     ssh = [c for inv in invocations for c in dry(*inv, stub=stub_bin) if "ssh" in c]
-    assert len(ssh) == 9
+    assert len(ssh) == 14
     for cmd in ssh:
         r = subprocess.run(["bash", "-n", "-c", remote(cmd)], capture_output=True, text=True)
         assert r.returncode == 0, (remote(cmd), r.stderr)
+        if "ifp_logs/r.sh" in remote(cmd):  # the wrapper script it writes
+            r = subprocess.run(["bash", "-n", "-c", "\n".join(shlex.split(wrapper(cmd)))],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, (wrapper(cmd), r.stderr)
 
 
 

@@ -465,3 +465,145 @@ def test_setup_unpack_snippet(stub_bin, worker_home, tmp_path):
     assert (worker_home / "ifp_jax" / "setup.cfg").exists()
     assert not (worker_home / "ifp_jax" / "stale.py").exists()
     assert not (worker_home / "ifp_jax_src.tar.gz").exists()
+
+
+# ---------------------------------------------------------------- exit codes, --env, run.sh loop
+
+
+def fake_ifp(home: Path, codes: list[int], *, before_exit: str = "") -> None:
+    """~/ifp_venv/bin/ifp standing in for `ifp train`: logs its arguments and $ODD, then exits
+    with the next of `codes` (one per run, counted in ~/runs)."""
+    ifp = home / "ifp_venv" / "bin" / "ifp"
+    ifp.write_text(
+        "#!/usr/bin/env bash\nn=$(cat ~/runs 2>/dev/null || echo 0); echo $((n + 1)) > ~/runs\n"
+        "printf '[%s]\\n' \"$@\"; printf 'ODD=<%s>\\n' \"${ODD-unset}\"\n"
+        f"codes=({' '.join(map(str, codes))}); {before_exit}\nsleep 0.2; exit ${{codes[$n]}}\n")
+    ifp.chmod(0o755)
+
+
+@pytest.fixture()
+def fake_cloud(tmp_path, worker_home):
+    """A stub gcloud: a queued resource whose state lives in `qr_state` (created ACTIVE, deleted
+    with the file, which also kills the worker's job and clears ~/ifp_logs, as losing the VM would); `tpu-vm ssh` runs
+    launch/status snippets (the ones touching ~/ifp_logs) on the fake worker and only records
+    setup's; `storage cp` copies into tmp_path/bucket."""
+    d = tmp_path / "cloud_bin"
+    d.mkdir()
+    (d / "git").write_text("#!/bin/sh\nexit 0\n")
+    calls, state, bucket = tmp_path / "calls", tmp_path / "qr_state", tmp_path / "bucket"
+    (d / "gcloud").write_text(f"""#!/usr/bin/env bash
+[[ $1 == storage ]] || echo "$*" >> {calls}
+case "$*" in
+  "compute tpus queued-resources create"*) echo ACTIVE > {state} ;;
+  "compute tpus queued-resources describe"*) cat {state} 2>/dev/null || {{ echo NOT_FOUND >&2; exit 1; }} ;;
+  "compute tpus queued-resources delete"*) rm -f {state}
+    p=$(cat {worker_home}/ifp_logs/latest.pid 2>/dev/null) && kill -KILL -- "-$p" 2>/dev/null
+    rm -rf {worker_home}/ifp_logs ;;  # the next slice's workers start afresh
+  "compute tpus tpu-vm ssh"*) c=${{*: -1}}; [[ $c != *ifp_logs* ]] || HOME={worker_home} bash -c "$c" ;;
+  "storage cp "*) dst={bucket}/${{4#gs://}}; mkdir -p "$(dirname "$dst")" && cp "$3" "$dst" ;;
+esac
+""")
+    for f in ("git", "gcloud"):
+        (d / f).chmod(0o755)
+    return d
+
+
+def on_fake_worker(cmd: str, home: Path, cloud: Path) -> subprocess.CompletedProcess:
+    env = {"HOME": str(home), "PATH": f"{cloud}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=20)
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
+def test_launch_wrapper_records_exit_code_env_and_uploads_log(stub_bin, worker_home, fake_cloud,
+                                                               tmp_path):
+    odd = """a b 'single' "double" $HOME `x` \\ ;"""
+    fake_ifp(worker_home, [75, 0])
+    (launch,) = dry("launch", "my-tpu", "tiny_multiskill", "--workdir", "gs://bkt/run1",
+                    "--env", f"ODD={odd}", "--logs-every", "1", *ZONE, stub=stub_bin)
+    (status,) = [c for c in dry("run", "my-tpu", "tiny_multiskill", "--workdir", "gs://bkt/run1",
+                                "--accelerator-type", "v4-8", *ZONE, stub=stub_bin)
+                 if "--worker=0" in c]
+    logs, host = worker_home / "ifp_logs", os.uname().nodename
+    for expect in ("75", "0"):
+        r = on_fake_worker(remote(launch), worker_home, fake_cloud)
+        assert r.returncode == 0, r.stderr
+        assert wait_for(lambda: (logs / "run1.exit").exists())
+        assert (logs / "run1.exit").read_text().strip() == expect
+        shown = on_fake_worker(remote(status), worker_home, fake_cloud).stdout
+        assert shown.strip() == f"exit {expect}"
+        uploaded = (tmp_path / "bucket" / "bkt" / "run1" / "logs" / f"{host}.log").read_text()
+        assert f"ODD=<{odd}>" in uploaded and f"ifp train exited with {expect}" in uploaded
+    assert "[--workdir]\n[gs://bkt/run1]" in (logs / "run1.log").read_text()
+
+
+def run_loop(fake_cloud, *args: str) -> subprocess.CompletedProcess:
+    return run("run", "my-tpu", "tiny_multiskill", "--workdir", "gs://bkt/run1",
+               "--accelerator-type", "v5p-16", "--spot", *ZONE, "--poll", "0", "--backoff", "0",
+               "--logs-every", "1", "train.steps=10", *args, stub=fake_cloud)
+
+
+def qr_calls(tmp_path) -> list[str]:
+    return [c.split()[3] for c in (tmp_path / "calls").read_text().splitlines()
+            if c.startswith("compute tpus queued-resources") and "describe" not in c]
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
+def test_run_relaunches_after_exit_75_until_done(fake_cloud, worker_home, tmp_path):
+    fake_ifp(worker_home, [75, 0])
+    r = run_loop(fake_cloud)
+    assert r.returncode == 0, r.stderr
+    assert qr_calls(tmp_path) == ["create", "delete", "create", "delete"]
+    assert "exit 75" in r.stderr and "done: ifp train completed on attempt 2" in r.stderr
+    assert (worker_home / "runs").read_text().strip() == "2"
+    assert not (tmp_path / "qr_state").exists()  # the slice is deleted at the end
+    assert "--spot" in (tmp_path / "calls").read_text()
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
+def test_run_relaunches_when_the_slice_is_suspended(fake_cloud, worker_home, tmp_path):
+    # First run: the slice is preempted under the job (which never exits by itself).
+    fake_ifp(worker_home, [0, 0], before_exit=f'[ "$n" = 0 ] && echo SUSPENDED > '
+                                              f'{tmp_path}/qr_state && sleep 30')
+    r = run_loop(fake_cloud)
+    assert r.returncode == 0, r.stderr
+    assert "is SUSPENDED: preempted" in r.stderr
+    assert qr_calls(tmp_path) == ["create", "delete", "create", "delete"]
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
+def test_run_stops_on_a_real_failure_and_names_the_logs(fake_cloud, worker_home, tmp_path):
+    fake_ifp(worker_home, [3])
+    r = run_loop(fake_cloud, "--keep")
+    assert r.returncode == 1
+    assert "ifp train failed (exit 3) on attempt 1" in r.stderr
+    assert "gs://bkt/run1/logs/" in r.stderr.splitlines()[-1]
+    assert qr_calls(tmp_path) == ["create"]  # --keep: left up for inspection
+    assert (tmp_path / "qr_state").read_text().strip() == "ACTIVE"
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="setsid not installed")
+def test_run_gives_up_after_max_attempts(fake_cloud, worker_home, tmp_path):
+    fake_ifp(worker_home, [75, 75, 75])
+    r = run_loop(fake_cloud, "--max-attempts", "2")
+    assert r.returncode == 1 and "gave up after 2 attempts" in r.stderr
+    assert qr_calls(tmp_path) == ["create", "delete", "create", "delete"]
+
+
+def test_run_dry_run_is_one_attempt_in_order(stub_bin):
+    cmds = dry("run", "my-tpu", "tiny_multiskill", "--workdir", "gs://bkt/run1", "--accelerator-type",
+               "v5p-16", "--reserved", "--env", "A=b c", "--bucket", "bkt", "train.steps=10", *ZONE,
+               stub=stub_bin)
+    words = [line(c) for c in cmds]
+    assert words[0] == ("gcloud compute tpus queued-resources create my-tpu --zone us-east5-a "
+                        "--node-id my-tpu --accelerator-type v5p-16 "
+                        "--runtime-version v2-alpha-tpuv5 --reserved")
+    assert words[1] == words[-2] == ("gcloud compute tpus queued-resources describe my-tpu "
+                                     "--zone us-east5-a --format=value(state.state)")
+    assert cmds[2][:4] == ["git", "-C", str(ROOT), "archive"]
+    assert any("gcsfuse" in w for w in words)
+    launch = next(c for c in cmds if "setsid" in line(c))
+    assert "export A='b c'" in shlex.split(wrapper(launch))
+    assert "train.steps=10" in wrapper(launch)
+    assert "--worker=0" in cmds[-3] and "~/ifp_logs/run1.exit" in remote(cmds[-3])
+    assert words[-1] == ("gcloud compute tpus queued-resources delete my-tpu --zone us-east5-a "
+                         "--force --quiet")

@@ -40,7 +40,7 @@ pidfile="$REMOTE_LOGS/latest.pid"
 
 if ((STOP)); then
   ((${#POSITIONAL[@]} == 1)) || die "--stop takes only NAME: $PROG NAME --stop --zone ZONE"
-  tpu_ssh all "if [ -f $pidfile ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then \
+  tpu_ssh all "if [ -f $pidfile ] && [ ! -e $REMOTE_LOGS/latest.exit ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then \
 kill -TERM \"\$(cat $pidfile)\" && echo \"\$(hostname): sent SIGTERM to \$(cat $pidfile)\"; \
 else echo \"\$(hostname): no ifp train running\"; fi"
   exit 0
@@ -101,11 +101,13 @@ w+=('echo "[tpu/launch.sh] $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname): ifp train
 w+=("echo \"\$code\" > $L.exit.tmp && mv -f $L.exit.tmp $L.exit")
 w+=('exit "$code"')
 
+# A job is running if its wrapper is alive and has not yet recorded an exit code (it lives on
+# for a moment after that).
 tpu_ssh all "set -uo pipefail; mkdir -p $REMOTE_LOGS; \
-if [ -f $pidfile ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then \
+if [ -f $pidfile ] && [ ! -e $REMOTE_LOGS/latest.exit ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then \
 echo \"\$(hostname): ifp train already running (pid \$(cat $pidfile)); stop it: tpu/launch.sh $NAME --stop\" >&2; exit 1; fi; \
 cd $REMOTE_SRC || exit 1; rm -f $L.exit; printf '%s\n' $(quote "${w[@]}") > $L.sh; \
 setsid nohup bash $L.sh >> $L.log 2>&1 < /dev/null & \
-echo \$! > $L.pid; ln -sfn $RUN.log $REMOTE_LOGS/latest.log; ln -sfn $RUN.pid $pidfile; \
+echo \$! > $L.pid; ln -sfn $RUN.log $REMOTE_LOGS/latest.log; ln -sfn $RUN.pid $pidfile; ln -sfn $RUN.exit $REMOTE_LOGS/latest.exit; \
 echo \"\$(hostname): started pid \$! -> $L.log\""
 ((DRY_RUN)) || note "follow it: tpu/logs.sh $NAME --zone $ZONE${LOGS_TO:+ (logs also copied to $LOGS_TO/)}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start `ifp train` on every worker of a TPU VM at once, detached from the ssh session.
-# shellcheck source-path=SCRIPTDIR source=common.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh disable=SC2016
+# (SC2016: the wrapper's lines in single quotes are expanded by the worker's shell)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

@@ -70,13 +70,14 @@ create=("$TPU_DIR/create.sh" "${common[@]}" --accelerator-type "$ACCELERATOR_TYP
 ((!SPOT)) || create+=(--spot)
 ((!RESERVED)) || create+=(--reserved)
 setup=("$TPU_DIR/setup.sh" "${common[@]}")
-for o in bucket git-url git-ref python; do
-  v=${o^^}; v=${v//-/_}; [[ -z ${!v} ]] || setup+=("--$o" "${!v}")
-done
+[[ -z $BUCKET ]] || setup+=(--bucket "$BUCKET")
+[[ -z $GIT_URL ]] || setup+=(--git-url "$GIT_URL")
+[[ -z $GIT_REF ]] || setup+=(--git-ref "$GIT_REF")
+[[ -z $PYTHON ]] || setup+=(--python "$PYTHON")
 launch=("$TPU_DIR/launch.sh" "${common[@]}" "${POSITIONAL[@]:1}" --workdir "$WORKDIR" --run "$RUN")
-for o in logs-to logs-every profile-steps; do
-  v=${o^^}; v=${v//-/_}; [[ -z ${!v} ]] || launch+=("--$o" "${!v}")
-done
+[[ -z $LOGS_TO ]] || launch+=(--logs-to "$LOGS_TO")
+[[ -z $LOGS_EVERY ]] || launch+=(--logs-every "$LOGS_EVERY")
+[[ -z $PROFILE_STEPS ]] || launch+=(--profile-steps "$PROFILE_STEPS")
 for e in "${ENV_LIST[@]}"; do launch+=(--env "$e"); done
 teardown=("$TPU_DIR/teardown.sh" "${common[@]}" --qr-id "$QR_ID")
 qr_describe "$QR_ID"

@@ -8,8 +8,9 @@ usage() {
 usage: $PROG NAME --workdir DIR --zone ZONE [--dest LOCAL] [options]
 
 Copy DIR to LOCAL/<basename of DIR> (LOCAL defaults to ./runs).
-  DIR under /gcs/BUCKET/...  -> gcloud storage cp -r gs://BUCKET/... LOCAL (NAME and zone
-                                are then not needed; the TPU may already be deleted)
+  DIR gs://BUCKET/... or     -> gcloud storage cp -r gs://BUCKET/... LOCAL (NAME and zone
+  /gcs/BUCKET/...               are then not needed; the TPU may already be deleted; the
+                                workers' logs come along in DIR/logs)
   any other DIR              -> gcloud compute tpus tpu-vm scp --recurse from worker 0 (only
                                 complete on a single-host slice: a multi-host job must use a
                                 shared workdir)
@@ -23,15 +24,13 @@ USAGE
 OPTS=(workdir dest)
 WORKDIR='' DEST=runs
 parse_args "$@"
-[[ -n $WORKDIR ]] || die "missing --workdir DIR: pass the workdir given to launch.sh"
-[[ $WORKDIR == /* ]] || die "--workdir must be the absolute path given to launch.sh, e.g. /gcs/BUCKET/run1"
-WORKDIR=${WORKDIR%/}
+check_workdir
 ((${#POSITIONAL[@]} <= 1)) || die "unexpected arguments: ${POSITIONAL[*]:1}"
 
-if [[ $WORKDIR =~ ^/gcs/([^/]+)/(.+)$ ]]; then
+gs=$(gs_url "$WORKDIR")
+if [[ -n $gs ]]; then
   run mkdir -p "$DEST"
-  run gcloud storage cp -r "gs://${BASH_REMATCH[1]}/${BASH_REMATCH[2]}" "$DEST/" \
-    ${PROJECT:+--project "$PROJECT"}
+  run gcloud storage cp -r "$gs" "$DEST/" ${PROJECT:+--project "$PROJECT"}
 else
   need_name
   need_zone

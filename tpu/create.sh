@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create a Cloud TPU VM (or a queued resource) and wait until it is READY / ACTIVE.
+# Create a Cloud TPU slice as a queued resource (or, with --direct, a plain TPU VM) and wait
+# until it is ACTIVE / READY.
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -7,12 +8,18 @@ usage() {
   cat <<USAGE
 usage: $PROG NAME --accelerator-type TYPE --zone ZONE [options]
 
-Create the TPU VM NAME (all workers of a pod slice) and wait until it is usable.
+Create the TPU VM NAME (all workers of a pod slice) through a queued resource (it waits in
+the queue until capacity is free) and wait until it is usable.
   --accelerator-type TYPE  v4-N, v5p-N, v5litepod-N (v5e-N accepted), v6e-N; e.g. v5p-128
   --runtime VERSION        TPU runtime (default per generation: v4 tpu-ubuntu2204-base,
                            v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
-  --spot | --preemptible   cheaper, can be preempted (rerun launch.sh to resume)
-  --queued                 request a queued resource instead (waits in the queue for capacity)
+  (default)                on-demand capacity: full price, not preempted
+  --spot                   Spot capacity: much cheaper, can be preempted at any time
+  --reserved               your project's reservation (queued resources only)
+  --preemptible            legacy preemptible TPU: cheaper, preempted at any time and after
+                           24 h at the latest (--direct only)
+  --direct | --no-queued   create the TPU VM directly (\`tpu-vm create\`, no queue: fails when
+                           there is no capacity right now)
   --qr-id ID               queued resource id (default: NAME)
   --timeout SECONDS        give up waiting after this long (default 3600; polls every 30s,
                            env IFP_TPU_POLL_SECONDS)
@@ -22,9 +29,10 @@ Create the TPU VM NAME (all workers of a pod slice) and wait until it is usable.
 USAGE
 }
 
-FLAGS=(spot preemptible queued no-wait)
+FLAGS=(spot preemptible reserved queued direct no-queued no-wait)
 OPTS=(accelerator-type runtime qr-id timeout)
-ACCELERATOR_TYPE='' RUNTIME='' QR_ID='' TIMEOUT=3600 SPOT=0 PREEMPTIBLE=0 QUEUED=0 NO_WAIT=0
+ACCELERATOR_TYPE='' RUNTIME='' QR_ID='' TIMEOUT=3600 SPOT=0 PREEMPTIBLE=0 RESERVED=0
+QUEUED=0 DIRECT=0 NO_QUEUED=0 NO_WAIT=0
 parse_args "$@"
 need_name
 ((${#POSITIONAL[@]} == 1)) || die "unexpected arguments: ${POSITIONAL[*]:1}"
@@ -42,8 +50,14 @@ case ${BASH_REMATCH[1]} in
   v6e) default_runtime=v2-alpha-tpuv6e ;;
 esac
 RUNTIME=${RUNTIME:-$default_runtime}
-((SPOT && PREEMPTIBLE)) && die "--spot and --preemptible exclude each other: pick one"
-((QUEUED && PREEMPTIBLE)) && die "queued resources take --spot, not --preemptible"
+if ((DIRECT || NO_QUEUED)); then
+  ((!QUEUED)) || die "--queued and --direct exclude each other: pick one (queued is the default)"
+else
+  QUEUED=1   # the default; --queued is accepted for older command lines
+fi
+((SPOT + PREEMPTIBLE + RESERVED <= 1)) || die "--spot, --preemptible and --reserved exclude each other: pick one"
+((QUEUED && PREEMPTIBLE)) && die "queued resources take --spot, not --preemptible (or add --direct)"
+((!QUEUED && RESERVED)) && die "--reserved needs a queued resource: drop --direct"
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "--timeout wants whole seconds, e.g. --timeout 3600"
 QR_ID=${QR_ID:-$NAME}
 loc
@@ -68,7 +82,7 @@ wait_for() {
 }
 
 if ((QUEUED)); then
-  extra=(); ((SPOT)) && extra+=(--spot)
+  extra=(); ((SPOT)) && extra+=(--spot); ((RESERVED)) && extra+=(--reserved)
   run gcloud compute tpus queued-resources create "$QR_ID" "${LOC[@]}" --node-id "$NAME" \
     --accelerator-type "$TYPE" --runtime-version "$RUNTIME" "${extra[@]}"
   ((NO_WAIT)) || wait_for ACTIVE gcloud compute tpus queued-resources describe "$QR_ID" "${LOC[@]}" '--format=value(state.state)'

@@ -13,8 +13,8 @@ On every worker of TPU VM NAME: install the project at ~/ifp_jax, a venv at ~/if
   (default)              ship \`git archive\` of this checkout's HEAD (committed files only)
   --git-ref REF          archive REF instead of HEAD; with --git-url, check out REF
   --git-url URL          clone URL on every worker instead of copying a tarball
-  --bucket BUCKET        mount gs://BUCKET at /gcs/BUCKET with gcsfuse; use a workdir under it
-                         (multi-host checkpoints need a directory every worker sees)
+  --bucket BUCKET        also mount gs://BUCKET at /gcs/BUCKET with gcsfuse, for tools that
+                         need a local path (ifp train itself takes --workdir gs://BUCKET/RUN)
   --python VERSION       Python for the venv, installed with uv if missing (default 3.11)
   --project P, --zone Z  (env IFP_TPU_PROJECT, IFP_TPU_ZONE)
   --dry-run              print the commands, run nothing
@@ -68,4 +68,4 @@ $apt update && $apt install -y gcsfuse; fi; \
 sudo mkdir -p /gcs/$BUCKET && sudo chown \"\$(id -u):\$(id -g)\" /gcs/$BUCKET; \
 mountpoint -q /gcs/$BUCKET || gcsfuse --implicit-dirs $BUCKET /gcs/$BUCKET"
 fi
-((DRY_RUN)) || note "next: tpu/launch.sh $NAME EXPERIMENT --workdir ${BUCKET:+/gcs/$BUCKET/}RUN --zone $ZONE"
+((DRY_RUN)) || note "next: tpu/launch.sh $NAME EXPERIMENT --workdir gs://${BUCKET:-BUCKET}/RUN --zone $ZONE"

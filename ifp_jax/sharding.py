@@ -159,6 +159,18 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def check_batch_divisible(mesh: Mesh, global_batch: int) -> None:
+    """Raises a one-line ConfigError if the batch rows do not split over ('data', 'fsdp'): e.g.
+    256 sequences on 2 x v5e-256 with fsdp over each slice (512 shards)."""
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_batch % ways:
+        larger = -(-global_batch // ways) * ways
+        raise ConfigError(f"data.global_batch_size={global_batch} does not split over mesh data x "
+                          f"fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}; use a multiple of "
+                          f"{ways} (e.g. data.global_batch_size={larger}) or move devices to "
+                          f"mesh.tensor")
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -156,11 +156,17 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh axis sizes; -1 means 'all remaining devices'."""
+    """Device mesh axis sizes within one TPU slice (ICI); -1 means 'all remaining devices'.
+
+    With dcn_data > 1 (multislice: slices joined over the data-centre network), the mesh's
+    'data' axis is dcn_data x data: each slice holds the data x fsdp x tensor mesh, and only
+    data-parallel gradient reductions cross the slower network (sharding.make_mesh).
+    """
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    dcn_data: int = 1  # number of slices, along 'data'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +200,12 @@ class TrainConfig:
     # Cross-entropy over sequence chunks of this many positions (0 = whole-sequence logits);
     # with a large vocabulary it keeps [B, chunk, V] live instead of [B, T, V] (train/loss.py).
     logits_chunk_len: int = 0
+    # JAX's persistent compilation cache, so a restart (e.g. after preemption) loads the compiled
+    # step instead of compiling it for minutes: "default" = a per-user directory on each host
+    # (platform.default_compilation_cache_dir), or any path (in the workdir, gs://...; JAX
+    # writes entries from process 0 only, so a multi-host job wants a path every host reads);
+    # "" = off.
+    compile_cache_dir: str = "default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +244,7 @@ _MINIMUMS = {"predictor.head_hidden": 1, "predictor.max_prompt_len": 1,
              "data.seq_len": 1, "data.global_batch_size": 1, "data.cpt_chunk_len": 1,
              "data.eval_examples_per_task": 1, "optimizer.warmup_steps": 0, "train.steps": 0,
              "train.log_every": 1, "train.eval_every": 0, "checkpoint.every_steps": 1,
-             "checkpoint.keep": 1}
+             "checkpoint.keep": 1, "mesh.dcn_data": 1}
 # Rates and temperatures: a NaN or a negative value trains nothing useful (or divides by zero).
 _POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end",
                    "checkpoint.lock_stale_minutes")

@@ -4,7 +4,8 @@ Three start-up decisions of the `ifp` command, kept out of the command layer so 
 (`tpu_compile.py`) can ask the same questions:
   - `pin_cpu_without_tpu`: with libtpu installed but no TPU here, pin JAX to the CPU so libtpu's
     warnings about missing TPU metadata never print;
-  - `use_compilation_cache`: JAX's persistent compilation cache for commands users repeat;
+  - `use_compilation_cache`: JAX's persistent compilation cache for commands users repeat
+    (and `default_compilation_cache_dir`, also `ifp train`'s default);
   - `tune_malloc_if_cpu`: re-execute once with glibc's malloc tunables where JAX computes on
     the CPU (host_malloc.py says why).
 Nothing here imports JAX: these run before it starts.
@@ -84,13 +85,28 @@ def tune_malloc_if_cpu() -> None:
         host_malloc.reexec_with_tunables()
 
 
+# Compiles shorter than this are not written to the persistent cache (JAX's default: 1 s). The
+# size floor (jax_persistent_cache_min_entry_size_bytes) stays at JAX's 0: no entry is too small.
+CACHE_MIN_COMPILE_SECONDS = 0.3
+
+
+def default_compilation_cache_dir() -> str:
+    """The user's JAX_COMPILATION_CACHE_DIR, else a per-user directory on this host
+    (~/.cache/ifp_jax/xla, or under XDG_CACHE_HOME)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ifp_jax", "xla")
+
+
 def use_compilation_cache() -> None:
     """JAX's persistent compilation cache for the commands users repeat on one model (`export`,
     `generate`): the second export of a run skips the selector's compile (about 1.3 s of the
-    first). Environment variables, read when JAX starts, so a user's own settings win."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(base, "ifp_jax", "xla"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+    first). Environment variables, read when JAX starts, so a user's own settings win. (`ifp
+    train` sets its cache from train.compile_cache_dir: commands/train.py.)"""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", default_compilation_cache_dir())
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                          str(CACHE_MIN_COMPILE_SECONDS))
 
 
 def name_target_slice_to_libtpu(slice_name: str) -> None:

@@ -50,17 +50,23 @@ class CompileReport:
     compute_dtype: str
     attention: str
     checkpoint_gb: float = 0.0  # one checkpoint on disk: params + optimizer state, all devices
+    slices: int = 1  # TPU slices joined over DCN (multislice)
+    mesh_lines: tuple[str, ...] = ()  # sharding.describe_mesh: how the mesh lies on the chips
 
     @property
     def fits(self) -> bool:
         return self.total_gib <= self.hbm_gib
 
 
-def topology_devices(s: Slice) -> list:
+def topology_devices(s: Slice, num_slices: int = 1) -> list:
+    """The compile-only devices of `num_slices` copies of slice `s` (several: multislice, each
+    device with its slice_index, as on a real multislice job)."""
     name_target_slice_to_libtpu(s.name)  # read once, when libtpu loads
     try:
         from jax.experimental import topologies
-        topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name)
+        extra = {"num_slices": num_slices} if num_slices > 1 else {}
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=s.topology_name,
+                                            **extra)
     except Exception as e:  # noqa: BLE001 - libtpu missing or refusing: one line
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
         if "lockfile" in first:
@@ -74,16 +80,18 @@ def topology_devices(s: Slice) -> list:
     return list(topo.devices)
 
 
-def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
-    """AOT-compiles cfg's train step for slice `s`; the figures are per device (chip or core)."""
+def compile_for_slice(cfg: ExperimentConfig, s: Slice, num_slices: int = 1) -> CompileReport:
+    """AOT-compiles cfg's train step for `num_slices` x slice `s`; the figures are per device
+    (chip or core)."""
     from ifp_jax.data import tasks
     from ifp_jax.train.compiled import compile_train_step
     from ifp_jax.train import preflight
     from ifp_jax.train.optim import make_optimizer
     from ifp_jax.train.state import build_model, state_layout
 
-    devices = topology_devices(s)
+    devices = topology_devices(s, num_slices)
     mesh = shd.make_mesh(cfg.mesh, devices=devices)
+    mesh_lines = tuple(shd.describe_mesh(mesh, dcn_data=cfg.mesh.dcn_data))
     tasks.register_all(cfg.data, cfg.predictor.max_prompt_len)
     num_tasks = len(tasks.mixture_rates(cfg.data))
     model = build_model(cfg, platform="tpu")
@@ -98,7 +106,8 @@ def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
         if "RESOURCE_EXHAUSTED" not in first:
             raise
         # XLA's TPU compiler refuses a program that cannot fit HBM: same message, its figures.
-        raise ConfigError(f"{cfg.name} does not fit {s.name}: {first[:300]}; " + LEVERS) from None
+        raise ConfigError(f"{cfg.name} does not fit {_name(s.name, num_slices)}: {first[:300]}; "
+                          + LEVERS) from None
     seconds = time.time() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
@@ -128,14 +137,20 @@ def compile_for_slice(cfg: ExperimentConfig, s: Slice) -> CompileReport:
         compiler_flops_per_device=compiler_flops, compiler_seconds=compiler_s,
         compiler_counts_all_layers=complete, implied_mfu=mfu, compile_seconds=seconds,
         compute_dtype=jax.numpy.dtype(model.dtype).name, attention=model.model_cfg.attention,
-        checkpoint_gb=preflight.state_bytes(layout.abstract) / preflight.GB)
+        checkpoint_gb=preflight.state_bytes(layout.abstract) / preflight.GB,
+        slices=num_slices, mesh_lines=mesh_lines)
+
+
+def _name(slice_name: str, num_slices: int) -> str:
+    return f"{num_slices} x {slice_name}" if num_slices > 1 else slice_name
 
 
 def format_report(r: CompileReport, cfg: ExperimentConfig) -> str:
     unit = "core" if r.topology.startswith("v4") else "chip"
     lines = [
-        f"{r.experiment} on {r.topology} ({r.devices} devices, mesh {r.mesh}), compiled in "
-        f"{r.compile_seconds:.0f}s",
+        f"{r.experiment} on {_name(r.topology, r.slices)} ({r.devices} devices, mesh {r.mesh}), "
+        f"compiled in {r.compile_seconds:.0f}s",
+        *(f"  {line}" for line in r.mesh_lines),
         f"  batch {cfg.data.global_batch_size} x {cfg.data.seq_len} tokens, "
         f"{cfg.optimizer.grad_accum_steps} micro-batch(es), remat {cfg.model.remat_policy}, "
         f"{r.compute_dtype}, logits chunk {cfg.train.logits_chunk_len or 'none'}, "
@@ -164,6 +179,6 @@ def format_report(r: CompileReport, cfg: ExperimentConfig) -> str:
 
 
 def does_not_fit_message(r: CompileReport, cfg: ExperimentConfig) -> str:
-    return (f"{r.experiment} does not fit {r.topology}: {r.total_gib:.1f} GiB per device "
+    return (f"{r.experiment} does not fit {_name(r.topology, r.slices)}: {r.total_gib:.1f} GiB per device "
             f"(arguments {r.argument_gib:.1f}, temporaries {r.temp_gib:.1f}) > "
             f"{r.hbm_gib:.0f} GiB HBM; " + LEVERS)

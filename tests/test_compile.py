@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ifp_jax import experiments
-from ifp_jax.config import ConfigError
+from ifp_jax import sharding as shd
+from ifp_jax.config import ConfigError, MeshConfig
 from ifp_jax.hardware import parse_slice
 from ifp_jax import tpu_compile
 from ifp_jax.commands.resolve import registered
@@ -104,3 +106,53 @@ def test_compile_prints_nothing_on_stderr_on_a_host_without_tpu():
     assert "fits" in out.stdout
     assert out.stderr == ""
 
+
+
+def _ids(devices) -> list[int]:
+    return [d.id for d in np.asarray(devices).flat]
+
+
+def test_v5p_128_mesh_follows_the_torus_and_feeds_every_row_once():
+    """v5p-128: 64 chips (4x4x4), 16 hosts of 4. The mesh is mesh_utils' topology-aware order;
+    each host's chips are scattered along the batch, and the hosts still feed disjoint blocks
+    covering the global batch."""
+    from jax.experimental import mesh_utils
+    devices = tpu_compile.topology_devices(parse_slice("v5p-128"))
+    assert len(devices) == 64
+    for cfg, shape in ((MeshConfig(data=1, fsdp=-1), (1, 64, 1)),
+                       (MeshConfig(data=2, fsdp=-1, tensor=2), (2, 16, 2))):
+        mesh = shd.make_mesh(cfg, devices=devices)
+        assert tuple(mesh.shape.values()) == shape
+        assert _ids(mesh.devices) == _ids(mesh_utils.create_device_mesh(
+            shape, devices, allow_split_physical_axes=True))
+    assert _ids(mesh.devices) != _ids(devices)  # not jax's device order
+    mesh = shd.make_mesh(MeshConfig(data=1, fsdp=-1), devices=devices)
+    sharding = shd.batch_sharding(mesh, 1)
+    host0 = sorted(i[0].start for d, i in sharding.devices_indices_map((64,)).items()
+                   if d.process_index == 0)
+    assert host0 == [0, 4, 16, 20]  # why process_batch_rows cannot ask for the rows held
+    blocks = sorted(shd.process_batch_rows(sharding, 256, p) for p in range(16))
+    assert blocks == [(16 * p, 16 * (p + 1)) for p in range(16)]
+    lines = shd.describe_mesh(mesh)
+    assert lines[0] == "mesh data 1 x fsdp 64 x tensor 1: 1 slice(s), 16 host(s), 4 devices per host"
+    assert lines[1].startswith("devices in mesh order (id:(x,y,z)@host): 0:(0,0,0)@0 16:(0,0,1)@4")
+
+
+def test_two_v5e_256_slices_make_a_hybrid_mesh_with_data_over_dcn():
+    from jax.experimental import mesh_utils
+    devices = tpu_compile.topology_devices(parse_slice("v5e-256"), num_slices=2)
+    assert len(devices) == 512
+    mesh = shd.make_mesh(MeshConfig(data=1, fsdp=-1, dcn_data=2), devices=devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 256, "tensor": 1}
+    assert _ids(mesh.devices) == _ids(mesh_utils.create_hybrid_device_mesh(
+        (1, 256, 1), (2, 1, 1), devices, allow_split_physical_axes=True))
+    assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
+    assert shd.describe_mesh(mesh, dcn_data=2)[0] == (
+        "mesh data 2 x fsdp 256 x tensor 1 = dcn (2, 1, 1) x ici (1, 256, 1): 2 slice(s), "
+        "128 host(s), 4 devices per host")
+    with pytest.raises(ConfigError, match=r"^mesh.dcn_data=1 but the 512 devices are in 2 "
+                                          r"slice\(s\); set mesh.dcn_data=2$"):
+        shd.make_mesh(MeshConfig(data=1, fsdp=-1), devices=devices)
+    with pytest.raises(ConfigError, match=r"global_batch_size=256 does not split over mesh data "
+                                          r"x fsdp = 2 x 256; use a multiple of 512"):
+        shd.check_batch_divisible(mesh, 256)

@@ -60,3 +60,17 @@ def test_mesh_errors_are_clear():
         shd.make_mesh(MeshConfig(data=16, fsdp=1, tensor=1))
     with pytest.raises(ConfigError, match="not divisible"):
         shd.make_mesh(MeshConfig(data=-1, fsdp=1, tensor=3))
+    with pytest.raises(ConfigError, match=r"^mesh.dcn_data=2 but the \d+ devices are in 1 "
+                                          r"slice\(s\); set mesh.dcn_data=1$"):
+        shd.make_mesh(MeshConfig(dcn_data=2))
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
+def test_cpu_mesh_keeps_jax_device_order_and_subsets():
+    """On the CPU mesh_utils keeps jax's order: process-contiguous batch rows, as before."""
+    mesh = shd.make_mesh(MeshConfig(data=-1, fsdp=2, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()]
+    assert shd.process_batch_rows(shd.batch_sharding(mesh, 1), 16) == (0, 16)
+    assert mesh.devices.size == 8
+    assert shd.make_mesh(MeshConfig(data=2, fsdp=1, tensor=1)).devices.size == 2  # a subset

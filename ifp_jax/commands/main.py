@@ -3,7 +3,7 @@
     ifp train EXPERIMENT --workdir DIR [section.key=value ...]   train (reruns resume)
         [--coordinator HOST:PORT --num-processes N --process-id I]   (multi-process; auto on
         [--profile-steps A:B]                                         TPU VMs and SLURM)
-    ifp compile EXPERIMENT --topology NAME [overrides]            AOT-compile for a TPU topology
+    ifp compile EXPERIMENT --topology NAME [--num-slices N] [overrides]  AOT-compile for TPU slices
     ifp bench train [EXPERIMENT] [overrides] [--peer] [--json]    dense vs IFP step, vs transformers
     ifp bench infer [overrides] [--sizes 2m 50m] [--json]         Table 3: selection, loading, decode
     ifp import-hf SRC --out DIR [--as llm|predictor]              a HF Llama checkpoint + tokenizer

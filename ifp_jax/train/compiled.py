@@ -24,6 +24,7 @@ from ifp_jax.train.step import make_train_step
 def batch_layout(cfg: ExperimentConfig, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
     """Global train-batch shapes/dtypes of the step's fields (ifp_jax/batch.py: the pipeline's,
     plus the teacher's arrays when distilling), batch dim over ('data', 'fsdp')."""
+    shd.check_batch_divisible(mesh, cfg.data.global_batch_size)
     out = {}
     for f in batch_lib.step_fields(cfg):
         shape = (cfg.data.global_batch_size,) + batch_lib.example_shape(f, cfg)

@@ -28,6 +28,7 @@ import numpy as np
 from ifp_jax.config import DataConfig
 from ifp_jax.data import pipeline, prepared, tasks
 from ifp_jax.errors import DataError
+from ifp_jax.storage import paths, staging
 from ifp_jax.tf_import import seqio
 from ifp_jax.safe_names import plain_name
 
@@ -116,26 +117,48 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, *, process_i
     _check_path_names(splits)
     plan = {"fingerprint": fp, "process_count": process_count,
             "examples_per_file": examples_per_file}
-    os.makedirs(out, exist_ok=True)
-    plan_path = os.path.join(out, PLAN)
-    if os.path.exists(plan_path):
-        with open(plan_path) as f:
-            started = json.load(f)
+    out = paths.absolute(out)
+    _check_or_write_plan(out, plan)
+    # ArrayRecord writes local files: a gs:// output is prepared in a local directory that
+    # persists (a rerun resumes there), then this process's parts are uploaded.
+    local = staging.work_dir(out) if paths.is_remote(out) else out
+    if local != out:
+        _check_or_write_plan(local, plan)
+    for name in names:
+        for split in splits[name]:
+            _prepare_part(local, name, split, index=process_index, count=process_count,
+                          predictor_max_len=predictor_max_len, seq_len=data_cfg.seq_len,
+                          examples_per_file=examples_per_file, log=log)
+            if local != out:
+                _upload_part(local, out, name, split, _part_name(process_index, process_count))
+    return _write_manifest_if_complete(out, fp, splits, process_count)
+
+
+def _check_or_write_plan(out: str, plan: dict) -> None:
+    paths.makedirs(out)
+    plan_path = paths.join(out, PLAN)
+    if paths.exists(plan_path):
+        started = json.loads(paths.read_text(plan_path))
         if started != plan:
             key = next(k for k in plan if plan[k] != started.get(k))
             raise DataError(f"{out} holds a preparation started with another {key}; prepare "
                             f"into a new --out directory (nothing in {out} was changed)")
     else:
-        tmp = f"{plan_path}.{process_index}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(plan, f, indent=1)
-        os.replace(tmp, plan_path)
-    for name in names:
-        for split in splits[name]:
-            _prepare_part(out, name, split, index=process_index, count=process_count,
-                          predictor_max_len=predictor_max_len, seq_len=data_cfg.seq_len,
-                          examples_per_file=examples_per_file, log=log)
-    return _write_manifest_if_complete(out, fp, splits, process_count)
+        paths.write_atomic(plan_path, json.dumps(plan, indent=1))
+
+
+def _upload_part(local: str, out: str, name: str, split: str, part: str) -> None:
+    """Uploads one finished part: its ArrayRecord files, then its marker (what readers and the
+    manifest trust), unless the bucket has that marker already."""
+    marker = paths.join(out, name, split, part + ".json")
+    if paths.exists(marker):
+        return
+    directory = os.path.join(local, name, split)
+    for file in sorted(os.listdir(directory)):
+        if file.startswith(part + "-") and file.endswith(".array_record"):
+            paths.write_atomic(paths.join(out, name, split, file),
+                               paths.read_bytes(os.path.join(directory, file)))
+    paths.write_atomic(marker, paths.read_bytes(os.path.join(directory, part + ".json")))
 
 
 def _check_path_names(splits: dict[str, list[str]]) -> None:
@@ -153,11 +176,10 @@ def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) ->
         for split in task_splits:
             files, examples, sizes, per_file = [], 0, [], []
             for index in range(count):
-                marker = os.path.join(out, name, split, _part_name(index, count) + ".json")
-                if not os.path.exists(marker):
+                marker = paths.join(out, name, split, _part_name(index, count) + ".json")
+                if not paths.exists(marker):
                     return None  # another process is still at work
-                with open(marker) as f:
-                    record = json.load(f)
+                record = json.loads(paths.read_text(marker))
                 files += record["files"]
                 examples += sum(record["examples"])
                 per_file += record["examples"]
@@ -165,9 +187,5 @@ def _write_manifest_if_complete(out: str, fp: dict, splits: dict, count: int) ->
             entries.setdefault(name, {})[split] = {"examples": examples, "files": files,
                                                    "file_examples": per_file, "bytes": sizes}
     manifest = {"format": prepared.FORMAT, "fingerprint": fp, "tasks": entries}
-    path = os.path.join(out, prepared.MANIFEST)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
+    paths.write_atomic(paths.join(out, prepared.MANIFEST), json.dumps(manifest, indent=1))
     return manifest

@@ -25,6 +25,7 @@ import numpy as np
 
 from ifp_jax.errors import DataError
 from ifp_jax.safe_names import inside
+from ifp_jax.storage import paths, staging
 
 FORMAT = "ifp-contract-int32-v1"
 MANIFEST = "manifest.json"
@@ -70,12 +71,11 @@ def decode_rows(rows: np.ndarray, predictor_len: int, seq_len: int) -> dict[str,
 
 
 def load_manifest(directory: str) -> dict:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
+    path = paths.join(directory, MANIFEST)
+    if not paths.exists(path):
         raise DataError(f"{path} not found: prepare the data first with `ifp data prepare "
                         f"--out {directory}` (or finish the preparation that started there)")
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = json.loads(paths.read_text(path))
     if manifest.get("format") != FORMAT:
         raise DataError(f"{directory} holds prepared data of format {manifest.get('format')!r}, "
                         f"this version reads {FORMAT!r}; prepare it again")
@@ -163,9 +163,9 @@ class PreparedSplit:
         self.paths, self.examples, self.skipped_files = [], 0, []
         for name, count, size in zip(entry["files"], entry["file_examples"], entry["bytes"]):
             # A copied or downloaded manifest must not send the reader outside the directory.
-            path = os.path.join(directory, inside(name, f"{directory}/{MANIFEST} file",
-                                                  DataError))
-            actual = os.path.getsize(path) if os.path.exists(path) else None
+            path = paths.join(directory, inside(name, f"{directory}/{MANIFEST} file",
+                                                DataError))
+            actual = paths.size(path) if paths.exists(path) else None
             if actual == size:
                 self.paths.append(path)
                 self.examples += count
@@ -192,13 +192,16 @@ class PreparedSplit:
         """Contract arrays of the examples at `indices` (any order, repeats allowed)."""
         if self._source is None:
             from grain.python import ArrayRecordDataSource
-            missing = [p for p in self.paths if not os.path.exists(p)]
+            missing = [p for p in self.paths if not paths.exists(p)]
             if missing:
                 raise DataError(f"prepared file {missing[0]} is missing; prepare the data again")
+            # ArrayRecord reads local files only: a bucket's files are fetched once per host
+            # (cached; sizes checked against the manifest when the split opened).
+            local = [staging.local_file(p) for p in self.paths]
             # The readers keep each file's chunk offsets in memory (8 bytes per example, about
             # 0.5% of the example itself): keeping them on disk instead
             # (index_storage_option:offloaded) made each random read 200x slower here.
-            self._source = ArrayRecordDataSource(self.paths)
+            self._source = ArrayRecordDataSource(local)
         try:
             records = self._source.__getitems__([int(i) for i in indices])
         except Exception as e:  # riegeli reports corruption as various errors

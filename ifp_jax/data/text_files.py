@@ -23,6 +23,7 @@ from typing import Iterator
 
 from ifp_jax.data import text_datasets
 from ifp_jax.errors import DataError
+from ifp_jax.storage import paths
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 HELD_OUT_EVERY = 20
@@ -36,14 +37,14 @@ def resolve_files(spec: str) -> list[str]:
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
-        if os.path.isdir(item):
-            matches = [os.path.join(item, f) for f in os.listdir(item)]
+        if paths.isdir(item):
+            matches = [paths.join(item, f) for f in paths.listdir(item)]
         else:
-            matches = glob.glob(item)
+            matches = paths.glob(item)
             if not matches and not glob.has_magic(item):
                 raise DataError(f"data.text_files: {item} does not exist")
-        files.update(os.path.realpath(m) for m in matches
-                     if os.path.isfile(m) and m.endswith(SUFFIXES))
+        files.update(m if paths.is_remote(m) else os.path.realpath(m) for m in matches
+                     if m.endswith(SUFFIXES) and paths.isfile(m))
     if not files:
         raise DataError(f"data.text_files={spec!r} names no {'/'.join(SUFFIXES)} files")
     return sorted(files)
@@ -64,7 +65,7 @@ def _txt_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
     del field  # a .txt file has no fields
     parts: list[str] = []
     size = 0
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:  # gs:// files stream in blocks
         for number, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -86,7 +87,7 @@ def _txt_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
 
 
 def _jsonl_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
-    with open(path, "rb") as f:
+    with paths.open_file(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -104,7 +105,8 @@ def _jsonl_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
 
 def _parquet_documents(path: str, skip_bad: bool, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
-    reader = pq.ParquetFile(path)
+    # A seekable file object: a gs:// file is read by byte ranges, one row group at a time.
+    reader = pq.ParquetFile(paths.open_file(path, "rb") if paths.is_remote(path) else path)
     if field not in reader.schema_arrow.names:
         raise DataError(f"{path} has no '{field}' column (columns: "
                         f"{', '.join(reader.schema_arrow.names)}); set data.text_field")

@@ -29,6 +29,13 @@ def _cache_dir(url: str) -> str:
     return os.path.join(cache_root(), f"{paths.basename(url)}-{tag}")
 
 
+def work_dir(url: str) -> str:
+    """A local directory that stands for `url` across runs (a resumable preparation)."""
+    path = _cache_dir(url) + ".work"
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def local_file(path: str) -> str:
     """`path` itself if local; else a local copy of the object (re-fetched if its size
     changed)."""

@@ -121,6 +121,15 @@ def agree_with_primary(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is True on any (one all-gather; every process calls
+    it at the same point)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def on_primary(fn, *args, **kwargs):
     """Runs `fn` on process 0 only (e.g. writing config.json), then tells every process whether
     it succeeded: a ConfigError there is raised on all processes, so none goes on alone."""

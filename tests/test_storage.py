@@ -36,7 +36,6 @@ def test_files_round_trip_through_the_bucket_like_a_local_dir(bucket, tmp_path):
 def test_a_listing_sees_objects_written_after_an_earlier_listing(bucket):
     """gcsfs caches listings by default; a checkpoint step written by another process (or by
     tensorstore) after the first listing must still be found."""
-    from google.cloud import storage  # noqa: F401 - a second, independent client
     paths.write_atomic(f"{bucket}/ck/1/x", b"1")
     assert paths.listdir(f"{bucket}/ck") == ["1"]
     gcs.client().bucket(bucket[5:]).blob("ck/2/x").upload_from_string(b"2")

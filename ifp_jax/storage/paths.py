@@ -111,6 +111,13 @@ def size(path: str) -> int:
     return os.path.getsize(path) if not is_remote(path) else as_epath(path).stat().length
 
 
+def object_info(path: str) -> dict:
+    """A bucket object's metadata (size, crc32c, md5Hash, generation...), read without its
+    data."""
+    import fsspec
+    return fsspec.filesystem("gs").info(path)
+
+
 def read_bytes(path: str) -> bytes:
     return as_epath(path).read_bytes()
 

@@ -10,6 +10,9 @@ Orbax writes each step into a temporary directory and renames it when complete (
 stores it writes a commit marker last), so a run killed mid-save leaves no step that looks
 finished; a step whose files no longer match the checksums recorded after its save, or that
 fails to restore, is reported and skipped (never deleted), and the next older one is tried.
+Checksums (train/checksums.py) are recorded in a background thread once a save is finished,
+and checked while the restore runs, each process its share; all processes then agree on the
+step, so none restores a step another found damaged.
 
 Checkpoints are topology-free: arrays are restored into the abstract state of the *restoring*
 run (shapes + target shardings), so N processes on one mesh can save and M processes on another
@@ -19,9 +22,11 @@ a 9B source never load its Adam moments.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import shutil
 import sys
+import threading
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -29,6 +34,7 @@ import orbax.checkpoint as ocp
 import jax
 
 from ifp_jax import config as config_lib
+from ifp_jax import distributed
 from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.storage import paths
@@ -51,6 +57,8 @@ class Checkpointer:
         self.skipped_steps = 0  # damaged or unreadable steps passed over by the last restore
         self._in_flight: int | None = None  # the step an async save is writing
         self._failed = False
+        self._recorder: threading.Thread | None = None  # waits for a save, then records it
+        self._recorder_error: BaseException | None = None
         quiet_orbax_tracebacks()
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -80,6 +88,19 @@ class Checkpointer:
                 force=True)
         except Exception as e:  # noqa: BLE001 - any write failure stops the run, with its cause
             self._fail(step, short_cause(e))
+        # Training goes on while orbax writes; this thread then records the checksums.
+        self._recorder_error = None
+        self._recorder = threading.Thread(target=self._finish_in_background,
+                                          name="ifp-checkpoint-recorder", daemon=True)
+        self._recorder.start()
+
+    def _finish_in_background(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+            if self.verify:
+                self._write_checksums()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the trainer's thread
+            self._recorder_error = e
 
     def _fail(self, step: int, cause: str) -> None:
         self._failed = True
@@ -92,11 +113,18 @@ class Checkpointer:
             f"run stopped and {kept}; free space (or set checkpoint.keep lower) and rerun")
 
     def _record_finished(self) -> None:
-        """Checksums of this process's files of every finished step that has none yet."""
+        """Waits for the save in flight and its checksums (written by the recorder thread; when
+        no save is in flight, of every finished step that has none yet)."""
         try:
-            self.manager.wait_until_finished()
-            if self.verify:
-                self._write_checksums()
+            if self._recorder is not None:
+                self._recorder.join()
+                self._recorder = None
+                if self._recorder_error is not None:
+                    raise self._recorder_error
+            else:
+                self.manager.wait_until_finished()
+                if self.verify:
+                    self._write_checksums()
         except CheckpointWriteError:
             raise
         except Exception as e:  # noqa: BLE001 - an async write failure surfaces here
@@ -113,31 +141,43 @@ class Checkpointer:
         checksums.remove_stale_records(self.checksum_dir, set(steps), process)
 
     def _damaged(self, step: int) -> list[str]:
+        """This process's share of the step's files that fail their checksums."""
         if not self.verify:
             return []
-        return checksums.damaged_files(paths.join(self.directory, str(step)),
-                                       self.checksum_dir, step) or []
+        return checksums.damaged_files(paths.join(self.directory, str(step)), self.checksum_dir,
+                                       step, share=(jax.process_index(), jax.process_count())
+                                       ) or []
 
     def _newest_readable(self, args) -> tuple[int, Any] | None:
         """(step, restored) of the newest step that restores with `args` and matches its
-        checksums; damaged or unreadable steps are reported and skipped, never deleted."""
+        checksums on every process; damaged or unreadable steps are reported and skipped,
+        never deleted. The check runs beside the restore (same files: the second read is
+        mostly served from the page cache), and a step is kept only if no process objects."""
         self.skipped_steps = 0
         for step in sorted(self.manager.all_steps(), reverse=True):
-            damaged = self._damaged(step)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                check = pool.submit(self._damaged, step)
+                restored, error = None, None
+                try:
+                    restored = self.manager.restore(step, args=args)
+                except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
+                    error = e
+                damaged = check.result()
+            if not distributed.any_process(bool(damaged) or error is not None):
+                return step, restored
+            self.skipped_steps += 1
             if damaged:
-                self.skipped_steps += 1
                 more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""
                 print(f"[ifp] checkpoint step {step}: {damaged[0]}{more} does not match the "
                       f"checksum recorded when it was saved (altered, truncated or missing); "
                       f"trying an older one", file=sys.stderr)
-                continue
-            try:
-                return step, self.manager.restore(step, args=args)
-            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped
-                self.skipped_steps += 1
+            elif error is not None:
                 print(f"[ifp] checkpoint step {step} in {self.directory} is unreadable "
-                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying an older one",
-                      file=sys.stderr)
+                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); trying an "
+                      f"older one", file=sys.stderr)
+            else:
+                print(f"[ifp] checkpoint step {step}: another process found it damaged or "
+                      f"unreadable; trying an older one", file=sys.stderr)
         return None
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:

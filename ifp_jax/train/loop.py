@@ -21,7 +21,7 @@ import jax
 from ifp_jax import distributed, metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
-from ifp_jax.storage import paths
+from ifp_jax.storage import gcs, paths
 from ifp_jax.data import pipeline, tasks
 from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf import imported
@@ -100,6 +100,8 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
                                "model.vocab_size")
     vocab_lib.check_vocab_fits(cfg.data.predictor_vocabulary, cfg.predictor.backbone.vocab_size,
                                "data.predictor_vocabulary", "predictor.backbone.vocab_size")
+    if paths.is_remote(workdir):  # every process: a bucket it cannot use is one line, at once
+        gcs.check_bucket(workdir, write=jax.process_index() == 0)
     created = not paths.exists(workdir)
     if jax.process_index() == 0:
         preflight.check_workdir_writable(workdir)

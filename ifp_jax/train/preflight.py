@@ -10,7 +10,7 @@ from typing import Any
 import jax
 
 from ifp_jax.config import ConfigError, ExperimentConfig
-from ifp_jax.storage import gcs, paths
+from ifp_jax.storage import paths
 
 GB = 1e9
 
@@ -18,11 +18,9 @@ GB = 1e9
 def check_workdir_writable(workdir: str) -> None:
     """Creates `workdir` and writes, syncs and removes a probe file in it; a one-line
     ConfigError naming the cause otherwise (a file in the way, no permission, read-only disk).
-    A `gs://` workdir: its bucket is asked once, in seconds (a StorageError naming the bucket
-    and the credential or network problem)."""
+    A `gs://` workdir has no local directory to check."""
     if paths.is_remote(workdir):
-        gcs.check_bucket(workdir)
-        return
+        return  # its bucket was checked before anything touched it (train/loop.py)
     probe = os.path.join(workdir, f".ifp_write_probe.{os.getpid()}")
     try:
         os.makedirs(workdir, exist_ok=True)

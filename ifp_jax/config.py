@@ -174,8 +174,9 @@ class CheckpointConfig:
     every_steps: int = 200
     keep: int = 3
     async_save: bool = True
-    # SHA-256 of every file after a save, checked before a restore (a flipped bit in array data
-    # otherwise restores silently); costs one extra read of the checkpoint at save and restore.
+    # CRC32C of every file after a save, checked before a restore (a flipped bit in array data
+    # otherwise restores silently); on disk one extra read (at save in the background, at restore
+    # beside it, each process its share), in a bucket only object metadata (storage.md).
     verify: bool = True
     # Also save when this many minutes passed since the last save (0 = off): on preemptible
     # capacity the work a preemption can lose is bounded by time, not by steps.

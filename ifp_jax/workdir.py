@@ -2,9 +2,10 @@
 
     DIR/config.json              the resolved ExperimentConfig (written once, checked on resume)
     DIR/checkpoints/<step>/      orbax checkpoints (state + data position)
-    DIR/checksums/               SHA-256 of every checkpoint file, checked before a restore
+    DIR/checksums/               CRC32C of every checkpoint file, checked before a restore
     DIR/metrics.jsonl            one JSON object per logged step (and per evaluation)
-    DIR/.lock                    held by process 0 while a job runs (one job per workdir)
+    DIR/.lock                    held by process 0 while a job runs (one job per workdir; in a
+                                 bucket a lock object, storage/object_lock.py)
     DIR/eval_<mask>_<eval mask>[_<split>].json, DIR/masks_<...>/   `ifp eval` results
     DIR/tb/                      TensorBoard event files
 

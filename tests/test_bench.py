@@ -105,3 +105,15 @@ def test_report_text_and_flop_formula():
          "peer": {"skipped": "transformers peer skipped: torch not installed"}}
     text = format_report(r)
     assert "IFP / dense step time: 1.000" in text and "peer skipped" in text
+
+
+def test_bench_ckpt_saves_checks_and_restores_on_disk_and_in_a_bucket():
+    from ifp_jax.benchmarks.ckpt_bench import format_report, run_ckpt_bench
+    result = run_ckpt_bench(0.004, storages=("disk", "bucket"), repeats=1)
+    assert set(result["storages"]) == {"disk", "bucket"}
+    for figures in result["storages"].values():
+        assert figures["files"] > 0
+        assert all(figures[k] > 0 for k in ("save_s", "record_s", "restore_s",
+                                              "restore_verified_s"))
+    report = format_report(result)
+    assert "| disk |" in report and "| bucket |" in report and "bar:" in report

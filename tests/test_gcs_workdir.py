@@ -116,6 +116,14 @@ def test_generate_from_an_export_in_the_bucket_gives_the_local_tokens(runs, gcs_
     assert done.stdout.strip()
 
 
+def test_eval_of_a_run_in_the_bucket_writes_its_results_there(runs, gcs_emulator):
+    done = _ifp(gcs_emulator, "eval", "--workdir", runs["remote"], "--mask", "per-input",
+                cwd=runs["cwd"])
+    result = json.loads(paths.read_text(f"{runs['remote']}/eval_per-input_lambda.json"))
+    assert result["step"] == STEPS and result["per_task"], done.stdout[-1000:]
+    assert os.listdir(runs["cwd"]) == []
+
+
 def test_prepared_data_in_a_bucket_gives_the_local_batches(bucket, tmp_path):
     from ifp_jax.config import DataConfig, replace
     from ifp_jax.data import pipeline

@@ -16,6 +16,7 @@ from ifp_jax.data import pipeline
 from ifp_jax.errors import DataError
 from ifp_jax.vocab.seqio_vocab import get_vocabulary
 from ifp_jax.hf import imported
+from ifp_jax.hf.import_layout import is_import_dir
 from ifp_jax.commands.import_hf import add_parser
 from ifp_jax.hf.import_hf import import_hf
 from ifp_jax.vocab.hf_seqio import HFTokenizerVocabulary
@@ -376,3 +377,21 @@ def test_train_from_an_import(tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         first = next(json.loads(line) for line in f if "loss" in line)
     np.testing.assert_allclose(first["loss"], (ce * w).sum() / w.sum(), rtol=1e-4)
+
+
+def test_an_import_into_a_bucket_restores_the_same_params(models, bucket):
+    """`ifp import-hf --out gs://...`: uploaded with its marker last; params read by orbax from
+    the bucket; the tokenizer fetched beside its side files."""
+    src = models["mha_tied_theta_headdim"][0]
+    out = f"{bucket}/imports/imp"
+    _cli(["import-hf", src, "--out", out])
+    assert is_import_dir(out)
+    meta, cfg = imported.load_import(out)
+    assert os.path.isfile(meta["vocabulary"])  # a local copy tokenizers can open
+    assert os.path.isfile(os.path.join(os.path.dirname(meta["vocabulary"]),
+                                       "tokenizer_config.json"))
+    hf_config, tensors = read_hf_checkpoint(src)
+    expected = params_from_hf(tensors, model_config_from_hf(hf_config))
+    _assert_trees_equal(imported.restore_import_params(out, _abstract(expected)), expected)
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        _cli(["import-hf", src, "--out", out])

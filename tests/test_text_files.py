@@ -122,3 +122,19 @@ def test_streaming_prepared_data_keeps_host_memory_flat(tmp_path):
     budget = 10.0
     assert figures["streamed_mib"] > 5 * budget, figures
     assert figures["peak"] - figures["start"] < budget, figures
+
+
+def test_text_files_in_a_bucket_read_like_local_ones(bucket, tmp_path):
+    from ifp_jax.storage import paths
+    (tmp_path / "a.txt").write_text("first doc\n\nsecond doc\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "third"}\n')
+    for name in ("a.txt", "b.jsonl"):
+        paths.write_atomic(f"{bucket}/corpus/{name}", (tmp_path / name).read_bytes())
+    remote = text_files.resolve_files(f"{bucket}/corpus/*")
+    assert remote == [f"{bucket}/corpus/a.txt", f"{bucket}/corpus/b.jsonl"]
+    assert text_files.resolve_files(f"{bucket}/corpus") == remote  # a directory
+    local = text_files.resolve_files(str(tmp_path))
+    for split in ("train", "validation"):
+        assert list(text_files.documents(remote, split)) == \
+               list(text_files.documents(local, split))
+    assert list(text_files.documents(remote, "train"))  # not trivially equal

@@ -1,27 +1,42 @@
 """`ifp train` as several processes on this machine (gloo CPU collectives over 127.0.0.1).
 
-2 processes x 4 virtual devices train and save; 1 process x 8 devices with another mesh restores
-and continues; every step's loss equals a 1-process, 1-device run of the same global batches
-(rtol 1e-4: only the reduction order differs). The learning rate is constant after warm-up
-(optimizer.final_lr_fraction=1), since the cosine schedule depends on train.steps, which the
-resumed run raises. Killing one process ends the other within the
+CI (not slow): 2 processes x 2 virtual devices (mesh fsdp 4: each process holds half of every
+sharded parameter) train 5 steps, saving at 3 and 5; the step-3 checkpoint, copied to a fresh
+workdir, is restored by 1 process x 4 devices on another mesh (data 2 x tensor 2) that trains
+steps 4-5. The train loop's restore onto a third mesh (this process, 8 devices) equals the stored
+arrays bitwise (every leaf of params and optimizer state); the resumed steps' losses and final
+params equal the uninterrupted 2-process run's (within the reduction-order bounds of
+tests/test_sharding.py).
+
+Slow: 2 processes x 4 virtual devices train and save; 1 process x 8 devices with another mesh
+restores and continues; every step's loss equals a 1-process, 1-device run of the same global
+batches (rtol 1e-4: only the reduction order differs). The learning rate is constant after
+warm-up (optimizer.final_lr_fraction=1), since the cosine schedule depends on train.steps, which
+the resumed run raises. Killing one process ends the other within the
 heartbeat bound. Coordinator and process-count mistakes fail with one line, in bounded time.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from ifp_jax import experiments
-from ifp_jax.config import ConfigError, apply_overrides
+from ifp_jax import sharding as shd
+from ifp_jax.config import ConfigError, MeshConfig, apply_overrides, load_workdir_config, replace
+from ifp_jax.train import checkpoint as ckpt_lib
+from ifp_jax.train.optim import make_optimizer
+from ifp_jax.train.state import build_model, state_layout
 from ifp_jax.train.loop import train
 from ifp_jax.train.workdir_lock import WorkdirLock
+from tests.chaos import final_params
 from tests.helpers import TINY_OVERRIDES as TINY
 from tests.helpers import free_port as _free_port
 
@@ -47,7 +62,7 @@ def _train_args(workdir: str, steps: int, mesh: str, extra=()) -> list[str]:
 
 
 def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tmp_path,
-                   timeout: float = 600) -> None:
+                   timeout: float = 600) -> str:
     port = _free_port()
     logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(n)]
     procs = [_ifp(*_train_args(workdir, steps, mesh),
@@ -60,15 +75,91 @@ def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tm
     finally:
         for p in procs:
             p.kill()
+    outs = []
     for i, (p, log) in enumerate(zip(procs, logs)):
         log.seek(0)
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{log.read()[-3000:]}"
+        outs.append(log.read())
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{outs[-1][-3000:]}"
+    return outs[0]
 
 
 def _losses(workdir: str) -> dict[int, float]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _stored_state(workdir: str, step: int) -> dict:
+    """Every leaf of checkpoint `step`'s train state as stored (numpy, no mesh), by path."""
+    import logging
+
+    import orbax.checkpoint as ocp
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # "no step metadata" for a bare item
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path).item_metadata.tree
+        args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+        tree = ckptr.restore(path, restore_args=args)
+    return {_path(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _path(keys) -> str:
+    """'opt_state/1/inner_states/...' for a tree path of dict keys, attributes or indices."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in keys)
+
+
+# Bounds as in tests/test_sharding.py (float32, only the reduction order differs between meshes):
+# losses 1e-5 apart; params 0.1 x lr, since AdamW turns rounding-level gradient differences
+# where |g| ~ its eps (1e-8) into update differences of up to lr.
+LOSS_ATOL, PARAM_ATOL_LR = 1e-5, 0.1
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
+def test_two_processes_save_one_process_on_another_mesh_restores_and_resumes(tmp_path):
+    saved, resumed = str(tmp_path / "two_processes"), str(tmp_path / "resumed")
+    # 2 processes x 2 devices, mesh fsdp 4 across both: steps 1..5, checkpoints at 3 and 5.
+    _run_processes(saved, 5, "1,4,1", n=2, devices=2, tmp_path=tmp_path)
+    assert sorted(os.listdir(os.path.join(saved, "checkpoints"))) == ["3", "5"]
+    records = sorted(os.listdir(os.path.join(saved, "checksums")))
+    assert records == ["3.process_0.json", "3.process_1.json", "5.process_0.json",
+                       "5.process_1.json"], records  # both processes wrote their shards
+
+    # The train loop's restore (Checkpointer.restore_latest into a state layout) of the step-3
+    # checkpoint on a third mesh, in this process: every leaf equals the stored array bitwise.
+    cfg = load_workdir_config(saved)
+    cfg = replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+    mesh = shd.make_mesh(cfg.mesh)
+    layout = state_layout(build_model(cfg), cfg, make_optimizer(cfg.optimizer, cfg.train.steps),
+                          mesh)
+    stored = _stored_state(saved, 3)
+    shutil.copytree(saved, resumed, ignore=lambda d, names: [
+        n for n in names if n in ("5", ".lock", "metrics.jsonl", "tb") or n.startswith("5.")])
+    ck = ckpt_lib.Checkpointer(resumed, cfg.checkpoint)
+    try:
+        step, state, data_state = ck.restore_latest(layout.abstract)
+    finally:
+        ck.close()
+    assert step == 3 and ck.skipped_steps == 0 and data_state
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    assert sorted(_path(k) for k, _ in flat) == sorted(stored) and len(stored) > 50
+    for key, leaf in flat:
+        assert leaf.sharding.mesh.shape == mesh.shape
+        np.testing.assert_array_equal(np.asarray(leaf), stored[_path(key)], err_msg=_path(key))
+
+    # 1 process x 4 devices, mesh data 2 x tensor 2, resumes the copy at step 3: steps 4, 5.
+    out = _run_processes(resumed, 5, "2,1,2", n=1, devices=4, tmp_path=tmp_path)
+    assert f"resumed {resumed} at step 3" in out, out[-3000:]
+    uninterrupted, after = _losses(saved), _losses(resumed)
+    assert sorted(uninterrupted) == [1, 2, 3, 4, 5] and sorted(after) == [4, 5]
+    # Step 4's loss checks the restored params; step 5's also the restored optimizer state.
+    for s in (4, 5):
+        assert abs(after[s] - uninterrupted[s]) < LOSS_ATOL, (s, after[s], uninterrupted[s])
+    a, b = final_params(saved, 5), final_params(resumed, 5)
+    assert a.keys() == b.keys()
+    lr = max(cfg.optimizer.lr_llm, cfg.optimizer.lr_predictor)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=PARAM_ATOL_LR * lr, err_msg=key)
 
 
 @pytest.mark.slow  # ~4 min on 2 cores (three trainings, two of them on 8 virtual devices)

@@ -49,7 +49,8 @@ def _losses(metrics_text: str) -> dict[int, float]:
 def _train_killed_once_after_a_checkpoint(emulator, workdir: str, cwd) -> None:
     """Starts `ifp train`, SIGKILLs it once step 6's checkpoint is committed in the bucket."""
     proc = subprocess.Popen([sys.executable, "-m", "ifp_jax", "train", *TRAIN, "--workdir",
-                             workdir], cwd=cwd, env=_env(emulator), text=True,
+                             workdir], cwd=cwd, text=True,
+                            env=_env(emulator, JAX_ENABLE_COMPILATION_CACHE="true"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     marker = f"{workdir}/checkpoints/{2 * SAVE_EVERY}/commit_success.txt"
@@ -73,7 +74,9 @@ def runs(gcs_emulator, tmp_path_factory):
     local, remote = str(tmp / "local"), f"{bucket}/runs/r1"
     _ifp(gcs_emulator, "train", *TRAIN, "--workdir", local, cwd=cwd)
     _train_killed_once_after_a_checkpoint(gcs_emulator, remote, cwd)
-    resumed = _ifp(gcs_emulator, "train", *TRAIN, "--workdir", remote, cwd=cwd)
+    # The bucket runs keep JAX's compilation cache in the workdir (the suite turns it off).
+    resumed = _ifp(gcs_emulator, "train", *TRAIN, "--workdir", remote, cwd=cwd,
+                   JAX_ENABLE_COMPILATION_CACHE="true")
     exports = {}
     for name, workdir, out in (("local", local, str(tmp / "export")),
                                ("remote", remote, f"{bucket}/exports/e1")):
@@ -101,6 +104,7 @@ def test_the_bucket_holds_the_whole_run_and_nothing_was_written_locally(runs):
     steps = sorted(int(s) for s in paths.listdir(f"{runs['remote']}/checkpoints") if s.isdigit())
     assert steps[-1] == STEPS
     assert os.listdir(runs["cwd"]) == []  # no ./gs:/... directory
+    assert any(n.startswith("jit_step") for n in paths.listdir(f"{runs['remote']}/xla_cache"))
 
 
 def test_generate_from_an_export_in_the_bucket_gives_the_local_tokens(runs, gcs_emulator):

@@ -35,7 +35,7 @@ import sys, jax, jax.numpy as jnp
 from ifp_jax.commands.resolve import registered
 from ifp_jax.commands.train import use_compile_cache
 cfg = registered("tiny_multiskill", ["train.compile_cache_dir=" + sys.argv[1]])
-use_compile_cache(cfg.train.compile_cache_dir)
+use_compile_cache(cfg.train.compile_cache_dir, "unused-local-workdir")
 jax.jit(lambda x: jnp.sin(x) @ x).lower(jnp.ones((64, 64))).compile()
 """
 

@@ -37,7 +37,7 @@ def run(args) -> None:
     hardware = this_hardware(args.hardware)
     if hardware:
         cfg = resolve(args.experiment, args.overrides, hardware)
-    use_compile_cache(cfg.train.compile_cache_dir)
+    use_compile_cache(cfg.train.compile_cache_dir, args.workdir)
     from ifp_jax.data.tasks import check_mixture
     check_mixture(cfg.data)  # a data error leaves no half-made workdir behind
     from ifp_jax.eval.hook import EvaluateHeldOut
@@ -49,19 +49,23 @@ def run(args) -> None:
     train(cfg, args.workdir, hooks)
 
 
-def use_compile_cache(path: str) -> None:
+def use_compile_cache(path: str, workdir: str) -> None:
     """train.compile_cache_dir -> JAX's persistent compilation cache, so a restarted run (after
     a preemption, or to extend train.steps) loads its compiled step instead of compiling it for
     minutes. Set before the first compile: JAX opens its cache once, at the first compile of
-    the process. "default": platform.default_compilation_cache_dir(); "": off. The user's
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS and JAX_ENABLE_COMPILATION_CACHE=false win."""
+    the process. "default": WORKDIR/xla_cache for a gs:// workdir (a preempted job comes back on
+    new VMs, whose local disks are empty), else platform.default_compilation_cache_dir(); "":
+    off. The user's JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS and
+    JAX_ENABLE_COMPILATION_CACHE=false win."""
     import jax
     from ifp_jax import platform
+    from ifp_jax.storage import paths
     if not path:
         jax.config.update("jax_enable_compilation_cache", False)
         return
     if path == "default":
-        path = platform.default_compilation_cache_dir()
+        path = (paths.join(paths.absolute(workdir), "xla_cache") if paths.is_remote(workdir)
+                else platform.default_compilation_cache_dir())
     jax.config.update("jax_compilation_cache_dir", path)  # local, or gs://... (etils.epath)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs",

@@ -165,6 +165,7 @@ class Checkpointer:
                 damaged = check.result()
             if not distributed.any_process(bool(damaged) or error is not None):
                 return step, restored
+            restored = None  # free its device memory before the next step is restored
             self.skipped_steps += 1
             if damaged:
                 more = f" (+{len(damaged) - 1} more)" if len(damaged) > 1 else ""

@@ -76,10 +76,17 @@ def check_bucket(url: str, *, write: bool = True) -> None:
     bucket_name, key = split(url)
     where = f"gs://{bucket_name}"
     try:
-        bucket = client().bucket(bucket_name)
-        if not bucket.exists(timeout=PROBE_TIMEOUT_S, retry=None):
+        storage = client()
+        bucket = storage.bucket(bucket_name)
+        # Listing (storage.objects.list) rather than bucket.exists (storage.buckets.get): the
+        # usual grant, roles/storage.objectUser, has the first and not the second.
+        try:
+            list(storage.list_blobs(bucket_name, prefix=key, max_results=1,
+                                     timeout=PROBE_TIMEOUT_S, retry=None))
+        except api.NotFound:
             raise StorageError(f"bucket {where} does not exist (endpoint {_endpoint()}); create "
-                               f"it (gcloud storage buckets create {where}) or fix the path")
+                               f"it (gcloud storage buckets create {where}) or fix the path"
+                               ) from None
         if write:
             probe = bucket.blob(f"{key}/.ifp_write_probe.{socket.gethostname()}.{os.getpid()}"
                                 .lstrip("/"))

@@ -12,9 +12,9 @@ seq = prefix + prompt + response (+EOS), where prefix is the vocabulary's
 post-processor adds one, () when it adds none or under a chat template):
   predictor_tokens [B,P] int32      prompt in the predictor vocabulary, right-padded with 0; a
                                     longer prompt keeps its LAST P tokens (predictor_truncated=1)
-  decoder_input_tokens [B,T] int32  seq[:-1], right-padded with 0 (= the targets shifted right
-                                    by one, seq[0] first)
-  decoder_target_tokens [B,T] int32 seq[1:], right-padded with 0
+  decoder_input_tokens [B,T] int32  window[:-1], window = seq right-padded with 0 to T + 1 (=
+                                    the targets shifted right by one, seq[0] first)
+  decoder_target_tokens [B,T] int32 window[1:]
   decoder_loss_weights [B,T] f32    1 on response (+EOS) targets only
   task_id [B] int32                 index into TrainBatches.task_names
   predictor_truncated / decoder_truncated [B] int32; when seq exceeds T + 1 tokens the prompt

@@ -257,3 +257,39 @@ def test_template_problems_are_one_line(tmp_path):
                              add_generation_prompt=True)
     for e in [DataError("x")]:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["bos", "chat"])
+def test_sft_examples_read_as_the_model_reads_them(tmp_path, chat):
+    """A JSONL task on a tokenizer with a BOS post-processor: the decoder reads <s> + prompt
+    (no 0), or with data.chat_template the template's exchange (its own <s>, no second one);
+    the loss covers the response + EOS; training batches agree."""
+    from tokenizers import Tokenizer, processors
+    from ifp_jax.config import DataConfig
+    from ifp_jax.data import tasks
+    from ifp_jax.data.chat_examples import chat_example
+    directory = _template_dir(tmp_path, BOS_TEMPLATE, bos_token="<s>")
+    path = os.path.join(directory, "tokenizer.json")
+    tok = Tokenizer.from_file(path)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(path)
+    lines = [json.dumps({"prompt": f"sort {i} dcba", "response": f"abcd {i}"}) for i in range(40)]
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(jsonl_path=str(jsonl), mixture=tasks.JSONL_TASK, seq_len=48,
+                     global_batch_size=4, vocabulary=path, predictor_vocabulary=path,
+                     chat_template=chat)
+    ex = pipeline.make_eval_examples(cfg, 16, tasks.JSONL_TASK, 10)
+    prompt, response = "sort 19 dcba", "abcd 19"
+    if chat:
+        prompt, response = chat_example(path, "</s>", prompt, response)
+    encode = lambda text: tok.encode(text, add_special_tokens=False).ids
+    seq = ([] if chat else [1]) + encode(prompt) + encode(response) + [2]
+    assert seq[0] == 1 and seq.count(1) == 1
+    n = len(seq) - 1
+    assert ex["decoder_input_tokens"][0, :n].tolist() == seq[:-1]
+    assert ex["decoder_target_tokens"][0, :n].tolist() == seq[1:]
+    assert ex["decoder_loss_weights"][0].sum() == len(encode(response)) + 1
+    assert ex["target_text"][0] == "abcd 19"
+    batch = next(pipeline.make_train_batches(cfg, 16))
+    assert (batch["decoder_input_tokens"][:, 0] == 1).all()

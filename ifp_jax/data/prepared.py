@@ -95,7 +95,7 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
     stored = manifest["fingerprint"]
     fix = "prepare it again for this config (`ifp data prepare`) or use the config it was made for"
     for key in sorted(set(stored) | set(expected)):
-        if key in ("tasks", "mixture"):
+        if key in ("tasks", "mixture", "decoder_prefix"):  # per task, below
             continue
         if stored.get(key) != expected.get(key):
             raise DataError(f"data.prepared_dir={directory} was prepared with {key}="
@@ -108,6 +108,11 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
             was, now = first_difference(stored["tasks"][task], settings)
             raise DataError(f"data.prepared_dir={directory}: task '{task}' was prepared with "
                             f"{was}, this config has {now}; {fix}")
+        # Absent: every task started from seqio's 0 (vocab/decoder_prefix.py SEQIO_START).
+        was, now = (list(f.get("decoder_prefix", {}).get(task, [0])) for f in (stored, expected))
+        if was != now:
+            raise DataError(f"data.prepared_dir={directory}: task '{task}' was prepared with "
+                            f"decoder prefix {was}, this config has {now}; {fix}")
 
 
 def _parsed(value):

@@ -243,20 +243,22 @@ def test_sft_example_is_the_exchange_up_to_the_eos(tmp_path):
 
 def test_template_problems_are_one_line(tmp_path):
     no_bos = _template_dir(tmp_path / "a", BOS_TEMPLATE)
-    with pytest.raises(DataError, match=r"uses bos_token but the tokenizer names none; add "
-                                        r"\"bos_token\" to its tokenizer_config.json"):
-        chat_template.user_prompt(no_bos, "hi")
     none = _template_dir(tmp_path / "b", None, bos_token="<s>")
-    with pytest.raises(DataError, match=r"has no chat template .* drop --chat"):
-        chat_template.user_prompt(none, "hi")
-    with pytest.raises(DataError, match=r"'byte' has no chat template"):
-        chat_template.user_prompt("byte", "hi")
     bad_role = _template_dir(tmp_path / "c", BOS_TEMPLATE, bos_token="<s>")
-    with pytest.raises(DataError, match=r"chat template failed \(unknown role tool\)"):
-        chat_template.render(bad_role, [{"role": "tool", "content": "x"}],
-                             add_generation_prompt=True)
-    for e in [DataError("x")]:
-        assert "\n" not in str(e)
+    cases = [
+        (lambda: chat_template.user_prompt(no_bos, "hi"),
+         r"uses bos_token but the tokenizer names none; add \"bos_token\" to its "
+         r"tokenizer_config.json"),
+        (lambda: chat_template.user_prompt(none, "hi"), r"has no chat template .* drop --chat"),
+        (lambda: chat_template.user_prompt("byte", "hi"), r"'byte' has no chat template"),
+        (lambda: chat_template.render(bad_role, [{"role": "tool", "content": "x"}],
+                                      add_generation_prompt=True),
+         r"chat template failed \(unknown role tool\)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(DataError, match=message) as raised:
+            call()
+        assert "\n" not in str(raised.value), str(raised.value)
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["bos", "chat"])

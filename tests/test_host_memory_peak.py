@@ -21,7 +21,8 @@ from tests.hf_models import make_tokenizer
 # Embedding-heavy: 2 x 65536 x 512 untied embedding and head, two thin layers.
 SHAPE = dict(d_model=512, layers=2, heads=8, kv_heads=2, d_ffn=256, vocab_size=65536)
 HOST_LINE = re.compile(r"host memory: ([\d.]+) GB held before the state exists \+ the step's "
-                       r"([\d.]+) GB = expect a peak of ([\d.]+) GB RSS")
+                       r"([\d.]+) GB \+ a checkpoint's copy ([\d.]+) GB = expect a peak of "
+                       r"([\d.]+) GB RSS")
 # A parent of its own, so ru_maxrss of its children is this run's peak (the process re-executes
 # itself with the malloc tunables; the kernel keeps the larger high-water mark over exec).
 MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -54,10 +55,10 @@ def test_peak_host_memory_is_within_the_preflight_figure(tmp_path, embedding_hea
         os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    held, step, expected = (float(x) for x in HOST_LINE.search(out.stdout).groups())
+    held, step, copy, expected = (float(x) for x in HOST_LINE.search(out.stdout).groups())
     peak = int(re.search(r"PEAK_KIB (\d+)", out.stdout).group(1)) * 1024 / 1e9
-    report = (f"peak {peak:.3g} GB; preflight: held {held:.3g} + step {step:.3g} = "
-              f"{expected:.3g} GB")
+    report = (f"peak {peak:.3g} GB; preflight: held {held:.3g} + step {step:.3g} + checkpoint "
+              f"copy {copy:.3g} = {expected:.3g} GB")
     print(report)
     assert peak <= 1.5 * expected, report
-    assert peak - held <= 1.25 * step, report
+    assert peak - held <= 1.25 * (step + copy), report

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 
+from ifp_jax import host_malloc
 from ifp_jax.config import ConfigError, ExperimentConfig
 from ifp_jax.host_memory import process_tree_rss_mib
 from ifp_jax.storage import paths
@@ -90,14 +91,16 @@ def device_memory_line(compiled: Any, cfg: ExperimentConfig) -> str:
             f"{args:.3g}, temporaries {temp:.3g})")
 
 
-def host_memory_line(compiled: Any) -> str | None:
+def host_memory_line(compiled: Any, checkpoint_bytes: int) -> str | None:
     """Where the devices are this host's CPU, the host memory the run should peak at: what the
-    process holds now (Python, the libraries, data tasks, compiled code; before the state
-    exists) plus the step's need. None on accelerators (their memory is the line above)."""
+    process holds now (Python, the libraries, data tasks, compiled code; the state does not
+    exist yet), plus the step's need, plus a checkpoint's host copy (an async save holds one
+    while the next steps run). None on accelerators (their memory is the line above)."""
     mem = step_memory(compiled)
     if mem is None or jax.default_backend() != "cpu":
         return None
-    now = process_tree_rss_mib() * MIB
+    host_malloc.release_free_memory()  # what compiling freed is not held
+    now, step = process_tree_rss_mib() * MIB, step_bytes(mem)
     return (f"host memory: {now / GB:.3g} GB held before the state exists + the step's "
-            f"{step_bytes(mem) / GB:.3g} GB = expect a peak of {(now + step_bytes(mem)) / GB:.3g}"
-            f" GB RSS")
+            f"{step / GB:.3g} GB + a checkpoint's copy {checkpoint_bytes / GB:.3g} GB = expect "
+            f"a peak of {(now + step + checkpoint_bytes) / GB:.3g} GB RSS")

@@ -1,11 +1,12 @@
 """A CPU run's peak host memory stays near the figure its preflight prints.
 
 `ifp train` from an import prints, on CPU, "host memory: X GB held before the state exists + the
-step's Y GB = expect a peak of Z GB RSS". The run's true peak (VmHWM of the process) must stay
-within 1.5 x Z, and what it adds above X within 1.25 x Y. The model is mostly embedding (67M
-params, 268 MB in f32, against a step of about 1.4 GB) so that what the fixes removed would show:
-a random init of the LLM beside the restored one (+268 MB), the restore's transient copies and
-the malloc tunables keeping setup's freed memory resident (each > +0.3 GB).
+step's Y GB + a checkpoint's copy Z GB = expect a peak of W GB RSS". The run's true peak (the
+process's maximum RSS) must stay within 1.5 x W, and what it adds above X within 1.5 x Y + Z
+(half the step's need as slack: the heap's fragmentation sometimes makes a step take its
+temporaries anew). The model is mostly embedding (69M params, 0.28 GB in f32; step 1.52 GB) so
+that what the fixes removed shows: on this model the code before them added 3.7 GB above X
+(5.07 GB in all), now 1.75-2.57 GB in three runs; the bound is 3.11.
 """
 
 import os
@@ -48,7 +49,7 @@ def test_peak_host_memory_is_within_the_preflight_figure(tmp_path, embedding_hea
            "train.steps=2", "data.global_batch_size=2", "data.eval_examples_per_task=1",
            "predictor.backbone.d_model=32", "predictor.backbone.n_layers=1",
            "predictor.backbone.d_ffn=64", "predictor.backbone.n_kv_heads=2",
-           "predictor.head_hidden=16", "pruning.keep_k=64", "train.compile_cache_dir="]
+           "predictor.head_hidden=16", "pruning.keep_k=64"]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as a user has
     env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -61,4 +62,4 @@ def test_peak_host_memory_is_within_the_preflight_figure(tmp_path, embedding_hea
               f"copy {copy:.3g} = {expected:.3g} GB")
     print(report)
     assert peak <= 1.5 * expected, report
-    assert peak - held <= 1.25 * (step + copy), report
+    assert peak - held <= 1.5 * step + copy, report

@@ -126,13 +126,17 @@ def test_padded_vocab_gets_unused_tokens():
         byte_vocab_tokens(200)
 
 
-def _train(model, trainer, pre=None):
+_TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello gguf"]
+# Long digit runs: GPT-2's pre-tokenizer keeps "1234567" whole, Llama 3's splits it in 3s.
+_DIGITS = ["order 1234567 of 7654321 items", "call 1234567 then 12345"]
+
+
+def _train(model, trainer, pre=None, text=_TEXT):
     from tokenizers import Tokenizer
     tok = Tokenizer(model)
     if pre is not None:
         tok.pre_tokenizer = pre
-    text = ["the quick brown fox jumps over the lazy dog", "hello world, hello gguf"] * 20
-    tok.train_from_iterator(text, trainer)
+    tok.train_from_iterator(text * 20, trainer)
     return tok
 
 
@@ -142,7 +146,7 @@ def _bpe_gguf(tmp_path):
     tok = _train(models.BPE(), trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"], show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-        pre_tokenizers.ByteLevel(add_prefix_space=False))
+        pre_tokenizers.ByteLevel(add_prefix_space=False), _TEXT + _DIGITS)
     tok.decoder = decoders.ByteLevel()
     tok_path = str(tmp_path / "tokenizer.json")
     tok.save(tok_path)
@@ -313,7 +317,8 @@ def test_llama_cpp_tokenizes_the_bpe_gguf_like_tokenizers(tmp_path):
     llama_cpp = _llama_cpp()
     tok, _, _, path = _bpe_gguf(tmp_path)
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
-    for text in ("the quick brown fox", "hello  world,\nI've 12345 gguf!", "caf\u00e9 \U0001f999 x"):
+    for text in ("the quick brown fox", "hello  world,\nI've 12345 gguf!", "caf\u00e9 \U0001f999 x",
+                 "order 1234567 of 7654321"):
         want = tok.encode(text).ids
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == want, text
         assert llm.detokenize(want) == text.encode()

@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# llama-cpp-python (a test dependency) first, from a wheel built once per machine and cached
+# (.ci/llama_cpp_wheel.py: the first build takes ~10-15 min and prints its progress).
+$(VENV)/.installed: setup.cfg pyproject.toml .ci/llama_cpp_wheel.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) .ci/llama_cpp_wheel.py
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 

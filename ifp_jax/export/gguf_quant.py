@@ -19,10 +19,9 @@ import gguf
 import numpy as np
 
 from ifp_jax.config import ConfigError
+from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES  # noqa: F401
 
 Q = gguf.GGMLQuantizationType
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # `ifp export --gguf-type`
-DEFAULT_GGUF_TYPE = "f16"
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
               "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 _MAIN = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}

@@ -120,6 +120,10 @@ class DataConfig:
     # (what a per-task mask is selected from), so per-task selection is in the predictor's
     # training distribution; tasks without an instruction text (text, ifp_jsonl) never are.
     predictor_instruction_rate: float = 0.0
+    # Prompt/response examples formatted by the LLM tokenizer's chat template (prompt = user
+    # message + generation prompt, response = the assistant turn); needs a tokenizer.json
+    # vocabulary with a chat_template. Serve such a model with `ifp generate --chat`.
+    chat_template: bool = False
     # Training examples from `ifp data prepare --out DIR` (ArrayRecord, read on demand) instead
     # of tokenizing every task into memory at start-up; "" = in memory.
     prepared_dir: str = ""

@@ -44,3 +44,19 @@ def descendants(pid: int | None = None) -> list[int]:
 def process_tree_rss_mib() -> float:
     """Resident set of this process plus all its descendants (data workers), MiB."""
     return rss_mib([os.getpid()] + descendants())
+
+
+class GrowthWatch:
+    """Whether this process's resident memory grew since the last call (by more than `slack`,
+    a fraction): the training loop returns freed memory to the kernel after a step that took
+    new memory (warming up, or host work that split the free memory of the step's buffers),
+    and not after the steady steps that reuse theirs."""
+
+    def __init__(self, slack: float = 0.03):
+        self.slack = slack
+        self.last = rss_mib([os.getpid()])
+
+    def grew(self) -> bool:
+        now = rss_mib([os.getpid()])
+        grew, self.last = now > self.last * (1 + self.slack), now
+        return grew

@@ -67,7 +67,8 @@ def test_cpt_examples_obey_the_chunk_rule():
     cfg = _chunk_cfg()
     text = "".join(chr(ord("a") + i % 26) for i in range(50))  # 2 windows of 24 bytes, tail cut
     tasks.register_cpt_task("test_cpt", lambda split: [text], cfg, source_id=text)
-    ex = pipeline.to_contract(pipeline.tokenized_examples("test_cpt", "train"), 16, cfg.seq_len)
+    ex = pipeline.to_contract(pipeline.tokenized_examples("test_cpt", "train"), 16, cfg.seq_len,
+                              (0,))
     assert len(ex["predictor_tokens"]) == 2 * (cfg.cpt_num_chunks - 1)
     ids = np.frombuffer(text.encode(), np.uint8).astype(np.int32) + 3
     seen = set()
@@ -135,7 +136,7 @@ def test_jsonl_task_holds_out_every_20th_example_and_truncates(tmp_path):
 def test_to_contract_truncates_an_overlong_response_from_the_right():
     ex = {"predictor_tokens": [np.arange(3, 6)], "inputs": [np.arange(3, 6)],
           "targets": np.arange(10, 20)[None]}
-    out = pipeline.to_contract(ex, 4, 8)
+    out = pipeline.to_contract(ex, 4, 8, (0,))
     assert out["decoder_truncated"].tolist() == [1] and out["predictor_truncated"].tolist() == [0]
     assert out["decoder_target_tokens"][0].tolist() == list(range(10, 18))
     assert out["decoder_loss_weights"][0].tolist() == [1.0] * 8

@@ -90,3 +90,25 @@ def test_xla_temporaries_fault_in_huge_pages_and_are_then_reused():
     assert both * 5 < small_pages, (both, small_pages)
     print(f"page faults per call for the buffer: {small_pages} in 4 KiB pages, {huge_pages} in "
           f"huge pages, {reused} reusing 4 KiB pages, {both} reusing huge pages")
+
+
+_RELEASE = """
+import numpy as np
+from ifp_jax import host_malloc
+from ifp_jax.host_memory import rss_mib
+import os
+a = np.ones(256 << 18, np.float32)  # 256 MB from the heap (no per-buffer mappings)
+del a
+kept = rss_mib([os.getpid()])
+host_malloc.release_free_memory()
+print(kept, rss_mib([os.getpid()]))
+"""
+
+
+@needs_thp
+def test_freed_memory_kept_by_the_tunables_is_released_on_request():
+    env = _clean_env(GLIBC_TUNABLES=":".join(host_malloc.tunables()))
+    out = subprocess.run([sys.executable, "-c", _RELEASE], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    kept, released = float(out[0]), float(out[1])
+    assert kept - released > 200, (kept, released)  # MiB: the 256 MB went back to the kernel

@@ -157,3 +157,27 @@ def test_a_damaged_file_stops_with_its_name_or_is_skipped(tmp_path):
     damaged = prepared.PreparedSplit(out, "ifp_fact_tool", "train", P, 20, manifest, "skip")
     with pytest.raises(DataError, match="damaged"):
         damaged.read(np.arange(3000))
+
+
+def test_decoder_prefix_is_checked_per_task_so_a_sub_mixture_still_reads():
+    """The decoder prefix (a tokenizer's BOS, vocab/decoder_prefix.py) is compared for the tasks
+    the config needs only, as their settings are: a sub-mixture of what was prepared with a
+    tokenizer.json vocabulary is accepted; another prefix for a needed task is refused."""
+    base = {"seq_len": 20, "predictor_max_len": P, "vocabulary": "tok/tokenizer.json",
+            "predictor_vocabulary": "tok/tokenizer.json"}
+    stored = {**base, "mixture": "big", "tasks": {"a": "fa", "b": "fb"},
+              "decoder_prefix": {"a": [1], "b": []}}
+    manifest = {"fingerprint": stored}
+    prepared.check_fingerprint("DIR", manifest, {**base, "mixture": "small",
+                                                 "tasks": {"a": "fa"},
+                                                 "decoder_prefix": {"a": [1]}})
+    with pytest.raises(DataError, match=r"task 'b' was prepared with decoder prefix \[\], this "
+                                        r"config has \[1\]; prepare it again"):
+        prepared.check_fingerprint("DIR", manifest, {**base, "tasks": {"b": "fb"},
+                                                     "decoder_prefix": {"b": [1]}})
+    # No key: prepared before decoder prefixes, when every task started from seqio's 0.
+    old = {"fingerprint": {**base, "tasks": {"a": "fa"}}}
+    with pytest.raises(DataError, match=r"task 'a' was prepared with decoder prefix \[0\]"):
+        prepared.check_fingerprint("DIR", old, {**base, "tasks": {"a": "fa"},
+                                                "decoder_prefix": {"a": [1]}})
+    prepared.check_fingerprint("DIR", old, {**base, "tasks": {"a": "fa"}})

@@ -19,7 +19,8 @@ def test_training_rows_and_selection_give_the_predictor_the_same_tokens(text):
     vocab, p = get_light_vocabulary("byte"), 16
     ids = np.asarray(vocab.encode(text), np.int32)
     rows = to_contract({"predictor_tokens": [ids], "inputs": [ids[:4]],
-                        "targets": [np.array([5, 6], np.int32)]}, predictor_max_len=p, seq_len=32)
+                        "targets": [np.array([5, 6], np.int32)]}, predictor_max_len=p, seq_len=32,
+                       prefix=(0,))
     one = predictor_tokens(vocab, text, p)
     np.testing.assert_array_equal(rows["predictor_tokens"], one)
     assert one[0, min(len(ids), p) - 1] == ids[-1]  # the last real token is the prompt's last

@@ -60,14 +60,14 @@ def test_files_and_datasets_make_one_text_task_and_its_examples(local_sources):
     mixed = DataConfig(text_files=jsonl, text_datasets=f"tfds:ifp_test_corpus,hf:{hf_saved}",
                        tfds_data_dir=tfds_dir, **shape)
     tasks.register_all(mixed)
-    got = pipeline.to_contract(pipeline.tokenized_examples(tasks.TEXT_FILES_TASK, "train"), 8, 24)
+    got = pipeline.to_contract(pipeline.tokenized_examples(tasks.TEXT_FILES_TASK, "train"), 8, 24, (0,))
     tripled = jsonl + ".x3.jsonl"
     with open(jsonl) as f:
         lines = f.read()
     with open(tripled, "w") as f:
         f.write(lines * 3)
     tasks.register_all(DataConfig(text_files=tripled, **shape))
-    want = pipeline.to_contract(pipeline.tokenized_examples(tasks.TEXT_FILES_TASK, "train"), 8, 24)
+    want = pipeline.to_contract(pipeline.tokenized_examples(tasks.TEXT_FILES_TASK, "train"), 8, 24, (0,))
     assert len(got["decoder_target_tokens"]) > 100
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -58,7 +58,7 @@ def test_a_generated_corpus_prepares_to_the_in_memory_examples(tmp_path):
     split = prepared.PreparedSplit(str(tmp_path / "prepared"), tasks.TEXT_FILES_TASK, "train",
                                    16, 48, manifest)
     memory = pipeline.to_contract(pipeline.tokenized_examples(tasks.TEXT_FILES_TASK, "train"),
-                                  16, 48)
+                                  16, 48, (0,))
     assert len(split) == len(memory["decoder_target_tokens"]) > 10_000
     disk = split.read(np.arange(len(split)))
     for key in disk:

@@ -235,6 +235,29 @@ def test_stage_chaining_initialises_llm_from_source(uninterrupted, tmp_path):
               str(tmp_path / "chained2"))
 
 
+def test_stage_init_replaces_subtrees_that_are_never_initialised(uninterrupted):
+    """create_state with both sources: the replaced sub-trees (decoder, predictor, static
+    scores) arrive abstract, come back equal to the source's, and the optimizer state is built
+    from them; what no source replaces (here nothing) would keep its random init."""
+    from ifp_jax import sharding as shd
+    from ifp_jax.train.optim import make_optimizer
+    from ifp_jax.train.stage_init import replaced_paths, stage_init
+    from ifp_jax.train.state import build_model, create_state, state_layout
+    cfg, workdir, final = uninterrupted
+    both = replace(cfg, train=replace(cfg.train, init_llm_from=workdir,
+                                      init_predictor_from=workdir))
+    assert replaced_paths(both) == (("decoder",), ("predictor",), ("static_scores",))
+    mesh = shd.make_mesh(both.mesh)
+    model, tx = build_model(both), make_optimizer(both.optimizer, both.train.steps)
+    layout = state_layout(model, both, tx, mesh)
+    state = jax.device_get(create_state(model, both, tx, layout=layout, mesh=mesh,
+                                        params_override=stage_init(both, mesh)))
+    for key in ("decoder", "predictor", "static_scores"):
+        _params_equal(state.params[key], final.params[key])
+    moments = jax.tree_util.tree_leaves(state.opt_state)
+    assert len(moments) > len(jax.tree_util.tree_leaves(state.params))
+
+
 def test_profile_trace_is_written(uninterrupted):
     _, workdir, _ = uninterrupted
     traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files

@@ -1,7 +1,9 @@
 """`ifp generate`: stream the continuation of one prompt, from a trained run or an exported model.
 
-    ifp generate (--workdir DIR | --model DIR) --prompt TEXT [--max-new-tokens N]
+    ifp generate (--workdir DIR | --model DIR) --prompt TEXT [--chat] [--max-new-tokens N]
         [--temperature T] [--top-p P] [--seed S] [--eval-mask hard|lambda] [--verbose]
+
+--model takes an `ifp export` output (or its orbax/) or an `ifp import-hf` directory.
 
 What the model reads (the prompt formatted as in training, the mask chosen once) is
 ifp_jax/serve/generator.py; this module checks the flags, streams the text and reports timing.
@@ -33,16 +35,21 @@ def check_settings(args) -> None:
         raise ConfigError(f"--seed={args.seed} must be in 0..{2**32 - 1}")
     if args.model and args.eval_mask:
         raise ConfigError("--eval-mask applies to --workdir runs; an exported model's mask is "
-                          "folded into its weights")
+                          "folded into its weights (an imported model has none)")
 
 
 def run(args) -> None:
     from ifp_jax.infer.generate import stream
-    from ifp_jax.serve.generator import from_exported, from_workdir
+    from ifp_jax.hf.import_layout import is_import_dir
+    from ifp_jax.serve.generator import from_exported, from_import, from_workdir
 
     check_settings(args)
-    g = (from_workdir(args.workdir, args.prompt, args.eval_mask) if args.workdir
-         else from_exported(args.model, args.prompt))
+    if args.workdir:
+        g = from_workdir(args.workdir, args.prompt, args.eval_mask, args.chat)
+    elif is_import_dir(args.model):
+        g = from_import(args.model, args.prompt, args.chat)
+    else:
+        g = from_exported(args.model, args.prompt, args.chat)
     if args.verbose:
         print(f"[ifp] {g.note}; prompt {len(g.prompt_ids)} tokens", file=sys.stderr)
     ids, shown, stamps = [], "", [time.perf_counter()]
@@ -89,8 +96,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "as tokens arrive. Greedy unless --temperature > 0.")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="an `ifp train` run directory")
-    src.add_argument("--model", help="an exported model directory")
+    src.add_argument("--model", help="an exported model directory or an `ifp import-hf` "
+                                     "directory")
     g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true",
+                   help="write the prompt as a user message with the tokenizer's chat template "
+                        "(implied for a run trained with data.chat_template)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")

@@ -18,8 +18,7 @@ def _split(data_cfg: DataConfig, predictor_len: int, task: str, split: str, mani
         return prepared.PreparedSplit(data_cfg.prepared_dir, task, split, predictor_len,
                                       data_cfg.seq_len, manifest)
     from ifp_jax.data.pipeline import _contract_arrays
-    return prepared.InMemorySplit(_contract_arrays(task, split, predictor_len,
-                                                   data_cfg.seq_len))
+    return prepared.InMemorySplit(_contract_arrays(task, split, predictor_len, data_cfg))
 
 
 def _text(vocab, ids: np.ndarray) -> str:

@@ -6,16 +6,23 @@ indices: per task shuffled (seeded) and repeated, then mixed by rate. Because a 
 random-access, the global batch at step s is a pure function of (config, s): the only state to
 checkpoint is the step, and resuming reproduces an uninterrupted run exactly.
 
-Batch contract (T = DataConfig.seq_len, P = predictor max prompt length):
+Batch contract (T = DataConfig.seq_len, P = predictor max prompt length). The decoder reads
+seq = prefix + prompt + response (+EOS), where prefix is the vocabulary's
+(vocab/decoder_prefix.py: (0,) for 'byte' and SentencePiece, the tokenizer's BOS when its
+post-processor adds one, () when it adds none or under a chat template):
   predictor_tokens [B,P] int32      prompt in the predictor vocabulary, right-padded with 0; a
                                     longer prompt keeps its LAST P tokens (predictor_truncated=1)
-  decoder_input_tokens [B,T] int32  targets shifted right by one, 0 first
-  decoder_target_tokens [B,T] int32 prompt + response (+EOS), right-padded with 0
-  decoder_loss_weights [B,T] f32    1 on response (+EOS) tokens only
+  decoder_input_tokens [B,T] int32  window[:-1], window = seq right-padded with 0 to T + 1 (=
+                                    the targets shifted right by one, seq[0] first)
+  decoder_target_tokens [B,T] int32 window[1:]
+  decoder_loss_weights [B,T] f32    1 on response (+EOS) targets only
   task_id [B] int32                 index into TrainBatches.task_names
-  predictor_truncated / decoder_truncated [B] int32; when prompt + response exceed T the prompt
-                                    loses tokens from the left first, then the response from
-                                    the right.
+  predictor_truncated / decoder_truncated [B] int32; when seq exceeds T + 1 tokens the prompt
+                                    loses tokens from the left first (the prefix stays), then
+                                    the response from the right.
+With prefix (0,) this is seqio's layout: targets = prompt + response, inputs = [0] + targets[:-1].
+With an empty prefix the prompt's first token is read, never predicted (so is a response's with
+an empty prompt).
 """
 
 from __future__ import annotations
@@ -113,39 +120,51 @@ def _place(out: np.ndarray, source: Ragged, starts: np.ndarray, counts: np.ndarr
     out[rows, columns[rows] + within] = source.values[source.splits[rows] + starts[rows] + within]
 
 
-def to_contract(examples: dict, predictor_max_len: int, seq_len: int) -> dict[str, np.ndarray]:
+def to_contract(examples: dict, predictor_max_len: int, seq_len: int,
+                prefix: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Tokenized prompts/targets ({feature: Ragged or list of 1-D arrays}) -> fixed-shape arrays
-    of the batch contract (no task_id), vectorised over the examples."""
+    of the batch contract (no task_id), vectorised over the examples. `prefix`: the decoder's
+    (vocab/decoder_prefix.py), put before every prompt."""
     pred, prompt, resp = (examples[k] if isinstance(examples[k], Ragged) else
                           Ragged.of(examples[k]) for k in _FEATURES)
     n, p, t = len(resp), predictor_max_len, seq_len
     lp, li, lt = (np.diff(r.splits) for r in (pred, prompt, resp))
-    out = {"predictor_tokens": np.zeros((n, p), np.int32),
-           "decoder_target_tokens": np.zeros((n, t), np.int32)}
+    out = {"predictor_tokens": np.zeros((n, p), np.int32)}
     # The predictor keeps a prompt's LAST p tokens: it reads the last one.
     start, kept = kept_window(lp, p)
     _place(out["predictor_tokens"], pred, start, kept, np.zeros(n, np.int64))
-    # Over-long: the prompt loses tokens from the left first, then the response from the right.
-    kr = np.minimum(lt, t)
-    kp = np.minimum(li, t - kr)
-    _place(out["decoder_target_tokens"], prompt, li - kp, kp, np.zeros(n, np.int64))
-    _place(out["decoder_target_tokens"], resp, np.zeros(n, np.int64), kr, kp)
-    positions = np.arange(t)
-    out["decoder_loss_weights"] = ((positions >= kp[:, None]) &
-                                   (positions < (kp + kr)[:, None])).astype(np.float32)
+    # seq = prefix + prompt + response in a window of T + 1 tokens (inputs its first T, targets
+    # its last T). Over-long: the prompt loses tokens from the left first, then the response
+    # from the right; the prefix stays.
+    b = len(prefix)
+    if b > t:
+        raise DataError(f"the decoder's prefix {list(prefix)} leaves no room in data.seq_len={t}"
+                        f"; raise data.seq_len")
+    room = t + 1 - b
+    kr = np.minimum(lt, room)
+    kp = np.minimum(li, room - kr)
+    seq = np.zeros((n, t + 1), np.int32)
+    seq[:, :b] = np.asarray(prefix, np.int32)
+    _place(seq, prompt, li - kp, kp, np.full(n, b, np.int64))
+    _place(seq, resp, np.zeros(n, np.int64), kr, b + kp)
+    out["decoder_input_tokens"] = seq[:, :-1].copy()
+    out["decoder_target_tokens"] = seq[:, 1:].copy()
+    positions = np.arange(t) + 1  # target j is seq[j + 1]
+    out["decoder_loss_weights"] = ((positions >= (b + kp)[:, None]) &
+                                   (positions < (b + kp + kr)[:, None])).astype(np.float32)
     out["predictor_truncated"] = (lp > p).astype(np.int32)
-    out["decoder_truncated"] = (li + lt > t).astype(np.int32)
-    out["decoder_input_tokens"] = np.zeros_like(out["decoder_target_tokens"])
-    out["decoder_input_tokens"][:, 1:] = out["decoder_target_tokens"][:, :-1]
+    out["decoder_truncated"] = (li + lt > room).astype(np.int32)
     return out
 
 
-def _contract_arrays(task_name: str, split: str, predictor_max_len: int, seq_len: int) -> dict:
+def _contract_arrays(task_name: str, split: str, predictor_max_len: int,
+                     data_cfg: DataConfig) -> dict:
+    prefix = tasks.task_decoder_prefix(task_name, data_cfg)
     key = ("contract", task_name, split, tasks.task_fingerprint(task_name), predictor_max_len,
-           seq_len)
+           data_cfg.seq_len, prefix)
     if key not in _TOKENIZED_CACHE:
         _TOKENIZED_CACHE[key] = to_contract(tokenized_examples(task_name, split),
-                                            predictor_max_len, seq_len)
+                                            predictor_max_len, data_cfg.seq_len, prefix)
     return _TOKENIZED_CACHE[key]
 
 
@@ -255,7 +274,7 @@ def _train_splits(task_names: list[str], rates: dict, data_cfg: DataConfig,
             out.append(split)
         else:
             out.append(prepared.InMemorySplit(_contract_arrays(name, "train", predictor_max_len,
-                                                               data_cfg.seq_len)))
+                                                               data_cfg)))
     return out
 
 
@@ -306,7 +325,8 @@ def make_eval_examples(data_cfg: DataConfig, predictor_max_len: int, task_name: 
         raise ConfigError(f"task '{task_name}' has no split {split!r}; use one of "
                           f"{', '.join(splits)}")
     examples = tokenized_examples(task_name, split, limit=n)
-    out = to_contract(examples, predictor_max_len, data_cfg.seq_len)
+    out = to_contract(examples, predictor_max_len, data_cfg.seq_len,
+                      tasks.task_decoder_prefix(task_name, data_cfg))
     out["task_id"] = np.zeros((len(examples["targets"]),), np.int32)  # one task: id 0
     vocab = get_vocabulary(data_cfg.vocabulary)
     eos = vocab.eos_id

@@ -51,7 +51,8 @@ def _write_file(path: str, rows) -> None:
 
 
 def _prepare_part(out: str, task: str, split: str, *, index: int, count: int,
-                  predictor_max_len: int, seq_len: int, examples_per_file: int,
+                  predictor_max_len: int, seq_len: int, prefix: tuple[int, ...],
+                  examples_per_file: int,
                   log: Callable[[str], None]) -> dict:
     """Writes (or finishes) part `index` of `count` of one task's split; returns its record."""
     directory = os.path.join(out, task, split)
@@ -68,7 +69,8 @@ def _prepare_part(out: str, task: str, split: str, *, index: int, count: int,
     written = sum(counts)
     pending, t0, total = None, time.time(), written
     for batch in pipeline.tokenized_batches(task, split, (index, count), skip=written):
-        rows = prepared.encode_rows(pipeline.to_contract(batch, predictor_max_len, seq_len))
+        rows = prepared.encode_rows(pipeline.to_contract(batch, predictor_max_len, seq_len,
+                                                            prefix))
         pending = rows if pending is None else np.concatenate([pending, rows])
         while len(pending) >= examples_per_file:
             files.append(_flush(out, directory, part, len(files), pending[:examples_per_file]))
@@ -128,6 +130,7 @@ def prepare(data_cfg: DataConfig, predictor_max_len: int, out: str, *, process_i
         for split in splits[name]:
             _prepare_part(local, name, split, index=process_index, count=process_count,
                           predictor_max_len=predictor_max_len, seq_len=data_cfg.seq_len,
+                          prefix=tasks.task_decoder_prefix(name, data_cfg),
                           examples_per_file=examples_per_file, log=log)
             if local != out:
                 _upload_part(local, out, name, split, _part_name(process_index, process_count))

@@ -11,9 +11,11 @@ Layout of a prepared directory (written by data/prepare.py):
 
 A record is one example in the batch contract (data/pipeline.py), as little-endian int32:
   [predictor_tokens (P) | decoder_target_tokens (T) | loss_start, loss_end, predictor_truncated,
-   decoder_truncated]
-decoder_loss_weights is 1 on [loss_start, loss_end) and decoder_input_tokens the targets shifted
-right by one, so every contract array is recovered exactly, and a batch decodes in one reshape.
+   decoder_truncated, first_input]
+decoder_loss_weights is 1 on [loss_start, loss_end) and decoder_input_tokens is first_input (the
+decoder's start: 0, a BOS, or the prompt's first token; vocab/decoder_prefix.py) followed by the
+targets shifted right by one, so every contract array is recovered exactly, and a batch decodes
+in one reshape. Format v1 (no first_input: always 0) is still read.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from ifp_jax.errors import DataError
 from ifp_jax.safe_names import inside
 from ifp_jax.storage import paths, staging
 
-FORMAT = "ifp-contract-int32-v1"
+FORMAT = "ifp-contract-int32-v2"
+# Record tail length per readable format (v1 lacks first_input: its decoder start was 0).
+_TAILS = {"ifp-contract-int32-v1": 4, FORMAT: 5}
 MANIFEST = "manifest.json"
-_TAIL = 4  # loss_start, loss_end, predictor_truncated, decoder_truncated
 
 
-def record_width(predictor_len: int, seq_len: int) -> int:
-    return predictor_len + seq_len + _TAIL
+def record_width(predictor_len: int, seq_len: int, fmt: str = FORMAT) -> int:
+    return predictor_len + seq_len + _TAILS[fmt]
 
 
 def encode_rows(contract: dict[str, np.ndarray]) -> np.ndarray:
@@ -48,19 +51,22 @@ def encode_rows(contract: dict[str, np.ndarray]) -> np.ndarray:
         raise DataError("an example's loss positions are not one contiguous span; the prepared "
                         "format cannot hold it")
     tail = np.stack([start, end, contract["predictor_truncated"],
-                     contract["decoder_truncated"]], axis=1)
+                     contract["decoder_truncated"], contract["decoder_input_tokens"][:, 0]],
+                    axis=1)
     return np.concatenate([contract["predictor_tokens"], contract["decoder_target_tokens"],
                            tail], axis=1).astype("<i4")
 
 
 def decode_rows(rows: np.ndarray, predictor_len: int, seq_len: int) -> dict[str, np.ndarray]:
-    """[n, P + T + 4] int32 records -> the contract arrays (without task_id)."""
+    """[n, P + T + 5] int32 records (v1: P + T + 4) -> the contract arrays (without task_id)."""
     p, t = predictor_len, seq_len
     targets = rows[:, p:p + t].astype(np.int32)
     start, end = rows[:, p + t], rows[:, p + t + 1]
     positions = np.arange(t)
     inputs = np.zeros_like(targets)
     inputs[:, 1:] = targets[:, :-1]
+    if rows.shape[1] == record_width(p, t):  # v2 holds the decoder's first input
+        inputs[:, 0] = rows[:, p + t + 4]
     return {"predictor_tokens": rows[:, :p].astype(np.int32),
             "decoder_input_tokens": inputs,
             "decoder_target_tokens": targets,
@@ -76,9 +82,9 @@ def load_manifest(directory: str) -> dict:
         raise DataError(f"{path} not found: prepare the data first with `ifp data prepare "
                         f"--out {directory}` (or finish the preparation that started there)")
     manifest = json.loads(paths.read_text(path))
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in _TAILS:
         raise DataError(f"{directory} holds prepared data of format {manifest.get('format')!r}, "
-                        f"this version reads {FORMAT!r}; prepare it again")
+                        f"this version reads {', '.join(map(repr, _TAILS))}; prepare it again")
     return manifest
 
 
@@ -89,7 +95,7 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
     stored = manifest["fingerprint"]
     fix = "prepare it again for this config (`ifp data prepare`) or use the config it was made for"
     for key in sorted(set(stored) | set(expected)):
-        if key in ("tasks", "mixture"):
+        if key in ("tasks", "mixture", "decoder_prefix"):  # per task, below
             continue
         if stored.get(key) != expected.get(key):
             raise DataError(f"data.prepared_dir={directory} was prepared with {key}="
@@ -102,6 +108,11 @@ def check_fingerprint(directory: str, manifest: dict, expected: dict) -> None:
             was, now = first_difference(stored["tasks"][task], settings)
             raise DataError(f"data.prepared_dir={directory}: task '{task}' was prepared with "
                             f"{was}, this config has {now}; {fix}")
+        # Absent: every task started from seqio's 0 (vocab/decoder_prefix.py SEQIO_START).
+        was, now = (list(f.get("decoder_prefix", {}).get(task, [0])) for f in (stored, expected))
+        if was != now:
+            raise DataError(f"data.prepared_dir={directory}: task '{task}' was prepared with "
+                            f"decoder prefix {was}, this config has {now}; {fix}")
 
 
 def _parsed(value):
@@ -180,6 +191,7 @@ class PreparedSplit:
             raise DataError(f"every prepared file of '{task}' {split} is damaged or missing; "
                             f"prepare the data again")
         self.predictor_len, self.seq_len = predictor_len, seq_len
+        self.format = manifest["format"]
         self._source = None
 
     def __len__(self) -> int:
@@ -208,7 +220,7 @@ class PreparedSplit:
             raise DataError(f"reading prepared data under {os.path.dirname(self.paths[0])} "
                             f"failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                             f"the files are damaged: prepare the data again") from e
-        width = record_width(self.predictor_len, self.seq_len)
+        width = record_width(self.predictor_len, self.seq_len, self.format)
         blob = b"".join(records)
         if len(blob) != 4 * width * len(records):
             raise DataError(f"a record of {self.paths[0]}... has the wrong size (expected "

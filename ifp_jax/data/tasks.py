@@ -31,6 +31,7 @@ from ifp_jax.errors import DataError
 from ifp_jax.tf_import import seqio, tf  # TensorFlow imported quietly, once
 from ifp_jax.data.user_tasks import (USER_MIXTURE, is_multitask, read_jsonl, read_user_tasks,
                                      source_stats)
+from ifp_jax.vocab.decoder_prefix import SEQIO_START, decoder_prefix
 from ifp_jax.vocab.seqio_vocab import get_vocabulary
 
 SKILL_PREFIX = skills.SKILL_PREFIX
@@ -51,6 +52,8 @@ JSONL_HELD_OUT_EVERY = 20
 
 # name -> settings the task was registered with (used for idempotence and as a cache key).
 _FINGERPRINTS: dict[str, str] = {}
+# Tasks registered with data.chat_template (their texts carry the template's own BOS).
+_CHAT_TASKS: set[str] = set()
 
 
 def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict:
@@ -67,10 +70,20 @@ def mixture_fingerprint(data_cfg: DataConfig, predictor_max_len: int) -> dict:
     prepared directory's reader checks."""
     register_all(data_cfg, predictor_max_len)
     names = mixture_rates(dataclasses.replace(data_cfg, rates={}))
-    return {"mixture": data_cfg.mixture, "seq_len": data_cfg.seq_len,
-            "predictor_max_len": predictor_max_len, "vocabulary": data_cfg.vocabulary,
-            "predictor_vocabulary": data_cfg.predictor_vocabulary,
-            "tasks": {name: task_fingerprint(name) for name in names}}
+    out = {"mixture": data_cfg.mixture, "seq_len": data_cfg.seq_len,
+           "predictor_max_len": predictor_max_len, "vocabulary": data_cfg.vocabulary,
+           "predictor_vocabulary": data_cfg.predictor_vocabulary,
+           "tasks": {name: task_fingerprint(name) for name in names}}
+    prefixes = {name: list(task_decoder_prefix(name, data_cfg)) for name in names}
+    if any(tuple(v) != SEQIO_START for v in prefixes.values()):  # absent: seqio's 0, as before
+        out["decoder_prefix"] = prefixes
+    return out
+
+
+def task_decoder_prefix(name: str, data_cfg: DataConfig) -> tuple[int, ...]:
+    """The decoder's prefix for task `name`'s examples (vocab/decoder_prefix.py): () when its
+    examples were formatted with the chat template (data.chat_template), which writes its own."""
+    return decoder_prefix(data_cfg.vocabulary, name in _CHAT_TASKS)
 
 
 def task_fingerprint(name: str) -> str:
@@ -93,6 +106,12 @@ def _fingerprint(data_cfg: DataConfig, **settings) -> str:
     names the first one that differs)."""
     return json.dumps({"vocabulary": data_cfg.vocabulary,
                        "predictor_vocabulary": data_cfg.predictor_vocabulary, **settings})
+
+
+def chat_template_fingerprint(vocabulary: str) -> str:
+    """The chat template's source (a changed template re-prepares the data)."""
+    from ifp_jax.vocab.chat_template import template_source
+    return template_source(vocabulary)
 
 
 def _add_task(name: str, fingerprint: str, **kwargs) -> None:
@@ -127,6 +146,14 @@ _PROMPT_RESPONSE_PREPROCESSORS = [
 
 def _register_prompt_response(name: str, fingerprint: str, data_cfg: DataConfig,
                               dataset_fn: Callable) -> None:
+    if data_cfg.chat_template:
+        from ifp_jax.data.chat_examples import chat_formatted
+        fingerprint = json.dumps([fingerprint, {"chat_template": chat_template_fingerprint(
+            data_cfg.vocabulary)}])
+        dataset_fn = chat_formatted(dataset_fn, data_cfg.vocabulary)
+        _CHAT_TASKS.add(name)
+    else:
+        _CHAT_TASKS.discard(name)
     _add_task(name, fingerprint,
               source=seqio.FunctionDataSource(dataset_fn, splits=skills.SPLITS,
                                               caching_permitted=False),

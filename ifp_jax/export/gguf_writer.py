@@ -368,12 +368,26 @@ def _bpe_pre(tok: dict) -> str | None:
     return None
 
 
-def _adds_bos(tok: dict) -> bool:
-    """Whether the tokenizer.json's post-processor starts every sequence with a special token."""
-    post = tok.get("post_processor") or {}
-    steps = post.get("processors", []) if post.get("type") == "Sequence" else [post]
-    return any(s.get("type") == "TemplateProcessing" and s.get("single")
-               and "SpecialToken" in s["single"][0] for s in steps)
+def _bos_to_add(path: str) -> int | None:
+    """The id llama.cpp must put before a prompt so that it reads what transformers'
+    tokenizer(prompt) gives (vocab/decoder_prefix.py): the post-processor's one special id, or
+    None when it adds none."""
+    from ifp_jax.vocab.decoder_prefix import decoder_prefix
+    prefix = decoder_prefix(path)
+    if len(prefix) > 1:
+        raise ConfigError(f"{path}'s post-processor puts {len(prefix)} tokens {list(prefix)} "
+                          f"before a prompt; llama.cpp adds one BOS: export --format hf orbax")
+    return prefix[0] if prefix else None
+
+
+def _put_chat_template(w: gguf.GGUFWriter, path: str) -> None:
+    """tokenizer.chat_template, when the tokenizer has one (llama.cpp's chat formatting)."""
+    from ifp_jax.errors import DataError
+    from ifp_jax.vocab.chat_template import template_source
+    try:
+        w.add_chat_template(template_source(path))
+    except DataError:  # no template: nothing to keep
+        pass
 
 
 def _put_bpe_vocab(w: gguf.GGUFWriter, hp: dict, path: str, bpe_pre: str | None) -> None:
@@ -407,11 +421,14 @@ def _put_bpe_vocab(w: gguf.GGUFWriter, hp: dict, path: str, bpe_pre: str | None)
     w.add_token_types([t for _, t in tokens])
     if merges:
         w.add_token_merges(merges)
+    added_bos = _bos_to_add(path)
+    ids = dict(hp, bos_token_id=added_bos if added_bos is not None else hp["bos_token_id"])
     for f, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
                    ("pad_token_id", w.add_pad_token_id)):
-        if hp[f] is not None:
-            add(hp[f])
-    w.add_add_bos_token(hp["bos_token_id"] is not None and _adds_bos(tok))
+        if ids[f] is not None:
+            add(ids[f])
+    w.add_add_bos_token(added_bos is not None)
+    _put_chat_template(w, path)
     w.add_add_eos_token(False)
 
 

@@ -78,7 +78,8 @@ def read_manifest(path: str) -> dict:
     file = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(file):
         raise ConfigError(f"{path} is not an ifp_jax export (no {MODEL_FILE}); pass the --out "
-                          f"directory of `ifp export` or its orbax/ sub-directory")
+                          f"directory of `ifp export` or its orbax/ sub-directory (`ifp "
+                          f"generate` also takes an `ifp import-hf` directory)")
     meta = read_object(file, ConfigError, "export the model again")
     if not (isinstance(meta.get("model"), dict)
             and isinstance(meta.get("vocabulary"), str)):

@@ -68,7 +68,11 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
 
     run = open_run(workdir, cfg=cfg)
     model, params, step = run.model, run.params, run.step
-    tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), text,
+    read = text
+    if kind == "prompt" and cfg.data.chat_template:  # the predictor was trained on chat turns
+        from ifp_jax.vocab.chat_template import user_prompt
+        read = user_prompt(cfg.data.vocabulary, text)
+    tokens = predictor_tokens(get_light_vocabulary(cfg.data.predictor_vocabulary), read,
                               cfg.predictor.max_prompt_len)
     selection = select_units(model, params, cfg, tokens, eval_mask)
     fold = selection.scale if selection.eval_mask == "lambda" else None
@@ -103,20 +107,19 @@ def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
     """Writes the small dense model `params` (numpy, our layout) in each requested format;
     returns the GGUF's report (type, size, logit error vs f32 on fixed texts and `text`), or
     None without the gguf format."""
-    from ifp_jax.vocab.light import get_light_vocabulary
     from ifp_jax.hf import weights as hf_weights
-    vocab = get_light_vocabulary(vocabulary)
-    hf_config = hf_weights.hf_config_from_model_config(
-        cfg, bos_token_id=None, eos_token_id=vocab.eos_id, pad_token_id=0)
+    from ifp_jax.vocab.export_files import special_ids
+    hf_config = hf_weights.hf_config_from_model_config(cfg, **special_ids(vocabulary))
     tensors = hf_weights.hf_from_params(params, cfg) if {"hf", "gguf"} & set(formats) else None
     if "orbax" in formats:
         from ifp_jax.export.orbax_io import save_exported
         save_exported(os.path.join(out, "orbax"), cfg, params, vocabulary, meta)
     if "hf" in formats:
-        from ifp_jax.vocab.export_files import write_hf_tokenizer
+        from ifp_jax.vocab.export_files import write_generation_config, write_hf_tokenizer
         hf_dir = os.path.join(out, "hf")
         hf_weights.write_hf_checkpoint(hf_dir, hf_config, tensors)
         write_hf_tokenizer(hf_dir, vocabulary, cfg.max_len)
+        write_generation_config(hf_dir, vocabulary, _source_generation_config(vocabulary))
         with open(os.path.join(hf_dir, "ifp_export.json"), "w") as f:
             json.dump(meta, f, indent=2)
     if "gguf" in formats:
@@ -128,6 +131,19 @@ def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
         del tensors
         return gguf_logit_report(path, gguf_type, cfg, params, vocabulary, text)
     return None
+
+
+def _source_generation_config(vocabulary: str) -> dict | None:
+    """The generation_config.json beside an imported tokenizer (the pretrained model's own
+    generation defaults), if any."""
+    if vocabulary == "byte" or vocabulary.endswith(".model"):
+        return None
+    directory = os.path.dirname(vocabulary) if vocabulary.endswith(".json") else vocabulary
+    path = os.path.join(directory, "generation_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _gguf_tokenizer(vocabulary: str) -> str:

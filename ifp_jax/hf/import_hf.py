@@ -20,8 +20,17 @@ from ifp_jax.errors import DataError
 from ifp_jax.hf.import_layout import IMPORT_FILE, KINDS, PARAMS_DIR, TOKENIZER_FILE, is_import_dir
 from ifp_jax.storage import paths, staging
 
-# Copied beside tokenizer.json: they name the special tokens (vocab/tokenizer_json.py reads them).
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# Copied beside tokenizer.json: they name the special tokens (vocab/tokenizer_json.py reads them)
+# and hold the chat template (vocab/chat_template.py).
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _json_or_none(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -92,6 +101,7 @@ def _read_gguf(src: str, tok_dir: str) -> tuple[dict, dict, str]:
 
 def _write_import(src, out, kind, hf_config, tensors, tok_dir, ocp, model_config_from_hf,
                   params_from_hf) -> dict:
+    from ifp_jax.vocab.export_files import write_generation_config
     cfg = model_config_from_hf(hf_config)
     n_params = sum(t.size for t in tensors.values())
     params = params_from_hf(tensors, cfg)
@@ -112,6 +122,12 @@ def _write_import(src, out, kind, hf_config, tensors, tok_dir, ocp, model_config
             for name in (TOKENIZER_FILE,) + TOKENIZER_SIDE_FILES:
                 if os.path.isfile(os.path.join(tok_dir, name)):
                     shutil.copy2(os.path.join(tok_dir, name), os.path.join(tmp, name))
+            # transformers' generate defaults, with the tokenizer's bos/eos/pad ids.
+            write_generation_config(tmp, os.path.join(tmp, TOKENIZER_FILE),
+                                    _json_or_none(os.path.join(tok_dir, GENERATION_CONFIG)))
+        elif os.path.isfile(os.path.join(tok_dir, GENERATION_CONFIG)):
+            shutil.copy2(os.path.join(tok_dir, GENERATION_CONFIG),
+                         os.path.join(tmp, GENERATION_CONFIG))
         with open(os.path.join(tmp, IMPORT_FILE), "w") as f:  # marks a complete import
             json.dump(meta, f, indent=2, sort_keys=True)
     print(f"[ifp] imported {src} as {kind}: {n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "

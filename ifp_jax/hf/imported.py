@@ -4,7 +4,11 @@ Layout (written by hf/import_hf.py):
     DIR/ifp_import.json   {"kind": "llm"|"predictor", "model": ModelConfig dict, "source": SRC,
                            "vocabulary": "<DIR>/tokenizer.json" or "byte", "hf_config": {...}}
     DIR/params/           orbax PyTree checkpoint of the decoder params (f32, scan layout)
-    DIR/tokenizer.json    (+ tokenizer_config.json, special_tokens_map.json) when SRC had one
+    DIR/tokenizer.json    (+ tokenizer_config.json, special_tokens_map.json,
+                          chat_template.jinja) when SRC had one
+    DIR/generation_config.json  SRC's, with the tokenizer's bos/eos/pad ids
+
+`ifp generate --model DIR` generates from it (serve/generator.py:from_import).
 
 An import dir stands wherever a stage's workdir can: train.init_llm_from (kind llm) or
 train.init_predictor_from (either kind: both are decoders; only the predictor's backbone is
@@ -45,7 +49,8 @@ def load_import(path: str) -> tuple[dict, ModelConfig]:
         vocab = paths.join(paths.absolute(path), TOKENIZER_FILE)
         if paths.is_remote(vocab):
             from ifp_jax.storage import staging
-            for side in ("tokenizer_config.json", "special_tokens_map.json"):
+            for side in ("tokenizer_config.json", "special_tokens_map.json",
+                         "chat_template.jinja"):
                 if paths.isfile(paths.join(path, side)):
                     staging.local_file(paths.join(path, side))
             vocab = staging.local_file(vocab)

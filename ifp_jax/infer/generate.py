@@ -178,8 +178,9 @@ def stream(params: Any, cfg: ModelConfig, prompt: Sequence[int], *, max_new_toke
 def prompt_only_inputs(decoder_input_tokens: jax.Array, loss_weights: jax.Array):
     """Strips the response from teacher-forcing inputs.
 
-    With seq = prompt(n tokens) + response, inputs = [0, seq[0], ..., seq[T-2]] and the first
-    loss position is n. Returns (inputs with positions > n zeroed [B, T], n [B]).
+    Inputs are seq[:-1] with seq = decoder prefix + prompt + response (data/pipeline.py), so
+    the first loss position n holds the last prompt token (whose logits give the response's
+    first). Returns (inputs with positions > n zeroed [B, T], n [B]).
     """
     t = decoder_input_tokens.shape[1]
     n = jnp.argmax(loss_weights > 0, axis=1).astype(jnp.int32)

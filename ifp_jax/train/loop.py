@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import jax
 
-from ifp_jax import distributed, metric
+from ifp_jax import distributed, host_malloc, host_memory, metric
 from ifp_jax import sharding as shd
 from ifp_jax.config import ExperimentConfig
 from ifp_jax.storage import gcs, paths
@@ -140,6 +140,9 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                                  num_tasks=len(batches.task_names))
     print_primary(f"[ifp] train step compiled in {time.time() - t0:.1f}s")
     print_primary(f"[ifp] {preflight.device_memory_line(step_fn, cfg)}")
+    host_line = preflight.host_memory_line(step_fn, preflight.state_bytes(layout.abstract))
+    if host_line:
+        print_primary(f"[ifp] {host_line}")
     teacher = Teacher(cfg, mesh) if cfg.distill.teacher else None
     if teacher is not None:
         print_primary(f"[ifp] distilling from {cfg.distill.teacher} (top {cfg.distill.top_k} "
@@ -165,6 +168,10 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                   f" k={cfg.pruning.keep_k}/{cfg.model.d_ffn}, mesh={dict(mesh.shape)}, "
                   f"processes={jax.process_count()}, {cfg.train.steps} steps")
 
+    # Setup's transients (compiling, restoring, initialising) were freed but, under the malloc
+    # tunables, are still resident and too fragmented for the step's temporaries: return them.
+    host_malloc.release_free_memory()
+    grew = host_memory.GrowthWatch()
     writer = MetricsWriter(workdir, cfg.train.steps, label=cfg.name)
     ctx = LoopContext(cfg=cfg, workdir=workdir, model=model, mesh=mesh, writer=writer,
                       task_names=batches.task_names,
@@ -216,6 +223,11 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
             for hook in all_hooks:
                 if hook.every and step % hook.every == 0:
                     hook(ctx, step, state, metrics)
+            # Host work between steps (a window's end: metrics, saves, evaluations; the first
+            # steps' small compiles) can split the free memory of the step's temporaries, and
+            # the next step would then take them anew beside it: return it to the kernel.
+            if grew.grew() or metrics:  # (compared before the release: a steady step
+                host_malloc.release_free_memory()  # refaults what it gave back, no more)
             if preempt.reached(step):  # once per step on every process (the agreement's rule)
                 if window is not None:
                     ctx.writer.write(step, end_window(step))

@@ -9,10 +9,13 @@ from typing import Any
 
 import jax
 
+from ifp_jax import host_malloc
 from ifp_jax.config import ConfigError, ExperimentConfig
+from ifp_jax.host_memory import process_tree_rss_mib
 from ifp_jax.storage import paths
 
 GB = 1e9
+MIB = 1 << 20
 
 
 def check_workdir_writable(workdir: str) -> None:
@@ -63,16 +66,41 @@ def check_disk(workdir: str, checkpoint_bytes: int, keep: int, free_bytes: int |
     return line
 
 
+def step_memory(compiled: Any) -> Any:
+    """XLA's memory analysis of the compiled train step, or None where the backend has none."""
+    try:
+        return compiled.memory_analysis()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def step_bytes(mem: Any) -> int:
+    """Bytes one device holds while the step runs: state and batch, outputs not aliased to
+    them (the state is donated), temporaries and the generated code."""
+    return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+
+
 def device_memory_line(compiled: Any, cfg: ExperimentConfig) -> str:
     """Per-device memory of the compiled train step (XLA's own analysis), as a line to print."""
-    try:
-        mem = compiled.memory_analysis()
-    except (AttributeError, NotImplementedError):
-        mem = None
+    mem = step_memory(compiled)
     if mem is None:
         return f"{cfg.name}: no memory analysis from this backend"
-    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-             + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
     args, temp = mem.argument_size_in_bytes / GB, mem.temp_size_in_bytes / GB
-    return (f"train step needs {total / GB:.3g} GB per device (state and batch {args:.3g}, "
-            f"temporaries {temp:.3g})")
+    return (f"train step needs {step_bytes(mem) / GB:.3g} GB per device (state and batch "
+            f"{args:.3g}, temporaries {temp:.3g})")
+
+
+def host_memory_line(compiled: Any, checkpoint_bytes: int) -> str | None:
+    """Where the devices are this host's CPU, the host memory the run should peak at: what the
+    process holds now (Python, the libraries, data tasks, compiled code; the state does not
+    exist yet), plus the step's need, plus a checkpoint's host copy (an async save holds one
+    while the next steps run). None on accelerators (their memory is the line above)."""
+    mem = step_memory(compiled)
+    if mem is None or jax.default_backend() != "cpu":
+        return None
+    host_malloc.release_free_memory()  # what compiling freed is not held
+    now, step = process_tree_rss_mib() * MIB, step_bytes(mem)
+    return (f"host memory: {now / GB:.3g} GB held before the state exists + the step's "
+            f"{step / GB:.3g} GB + a checkpoint's copy {checkpoint_bytes / GB:.3g} GB = expect "
+            f"a peak of {(now + step + checkpoint_bytes) / GB:.3g} GB RSS")

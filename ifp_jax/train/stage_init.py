@@ -60,4 +60,17 @@ def stage_init(cfg: ExperimentConfig, mesh):
             print_primary(f"[ifp] predictor initialised from {path}")
         return params
 
+    # The sub-trees the override replaces: create_state never materialises their random init
+    # (at 135M the LLM's random weights were a second copy beside the restored ones).
+    override.replaces = replaced_paths(cfg)
     return override
+
+
+def replaced_paths(cfg: ExperimentConfig) -> tuple[tuple[str, ...], ...]:
+    """Paths (key tuples) of the params sub-trees `stage_init`'s override replaces."""
+    found = [("decoder",)] if cfg.train.init_llm_from else []
+    if imported.is_import_dir(cfg.train.init_predictor_from):
+        found.append(("predictor", "backbone"))
+    elif cfg.train.init_predictor_from:
+        found += [("predictor",), ("static_scores",)]
+    return tuple(found)

@@ -158,18 +158,47 @@ def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     """Initialises the state directly into its shardings (no host-side full copy).
 
     `params_override(params) -> params` may replace sub-trees (stage chaining) before the
-    optimizer state is built from them.
+    optimizer state is built from them. The sub-trees it lists in its `replaces` attribute
+    (key paths) are not initialised: it gets them as abstract arrays (ShapeDtypeStruct with
+    .sharding) and must return real ones.
     """
+    replaced = tuple(getattr(params_override, "replaces", ()))
+
     def init(rng):
         params = nn.meta.unbox(_init_params_boxed(model, cfg, rng))
-        return params
+        return _without(params, replaced)  # XLA drops the init of what is not returned
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        params = jax.jit(init, out_shardings=layout.shardings.params)(
+        params = jax.jit(init, out_shardings=_without(layout.shardings.params, replaced))(
             jax.random.key(cfg.train.seed))
     if params_override is not None:
+        for path in replaced:
+            params = _with(params, path, _at(layout.abstract.params, path))
         params = params_override(params)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(params)):
+            raise ValueError(f"params_override left abstract leaves in {replaced}")
         params = jax.device_put(params, layout.shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), layout.shardings.step)
     return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def _at(tree: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _with(tree: dict, path: tuple[str, ...], value: Any) -> dict:
+    """A copy of nested dict `tree` with `value` at `path` (the other branches shared)."""
+    head, *rest = path
+    return {**tree, head: _with(tree[head], tuple(rest), value) if rest else value}
+
+
+def _without(tree: dict, paths: tuple[tuple[str, ...], ...]) -> dict:
+    """A copy of nested dict `tree` without the sub-trees at `paths`."""
+    for path in paths:
+        head, *rest = path
+        tree = ({**tree, head: _without(tree[head], (tuple(rest),))} if rest
+                else {k: v for k, v in tree.items() if k != head})
+    return tree

@@ -21,7 +21,7 @@ _SPECIAL_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 _KNOWN_EOS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>")
 
 
-def _special_tokens(directory: str) -> dict[str, str]:
+def special_token_names(directory: str) -> dict[str, str]:
     """{'eos_token': '</s>', ...} from tokenizer_config.json / special_tokens_map.json."""
     found: dict[str, str] = {}
     for name in reversed(_SPECIAL_FILES):  # the first file wins
@@ -59,7 +59,7 @@ class HFTokenizerFile:
         self._json_md5 = hashlib.md5(self._tokenizer.to_str().encode()).hexdigest()
         vocab = self._tokenizer.get_vocab(with_added_tokens=True)
         self._size = max(vocab.values()) + 1
-        names = _special_tokens(os.path.dirname(path))
+        names = special_token_names(os.path.dirname(path))
         eos = names.get("eos_token") or next((t for t in _KNOWN_EOS if t in vocab), None)
         if eos not in vocab:
             raise DataError(f"{path}: no EOS token found; put a tokenizer_config.json with "

@@ -130,10 +130,68 @@ def test_gguf_export_reads_back_to_the_hf_tensors(run, exported):
     _, tensors, gguf_meta, _ = read_gguf(os.path.join(out, "gguf", "model.gguf"))
     want = hf_from_params(small, small_cfg)
     assert set(tensors) == set(want)
-    for name, arr in want.items():
-        np.testing.assert_array_equal(np.asarray(tensors[name], np.float32), arr, err_msg=name)
+    for name, arr in want.items():  # the default --gguf-type f16: norms stay f32
+        stored = np.float16 if arr.ndim > 1 else np.float32
+        assert tensors[name].dtype == stored, name
+        np.testing.assert_array_equal(tensors[name], arr.astype(stored), err_msg=name)
     assert gguf_meta["content_hash"] == meta["content_hash"]
     assert [list(r) for r in gguf_meta["kept_units"]] == meta["kept_units"]
+    report = meta["gguf"]
+    assert report["type"] == "f16"
+    assert report["file_bytes"] == os.path.getsize(os.path.join(out, "gguf", "model.gguf"))
+    assert 0 < report["vs_f32"]["max_abs_logit_diff"] < 1e-2
+    with open(os.path.join(out, "export.json")) as f:
+        assert json.load(f)["gguf"] == report
+
+
+def _transformers_logits(hf_config, tensors, ids):
+    """Logits [B, T, V] of transformers' LlamaForCausalLM holding `tensors` (HF names)."""
+    import torch
+    import transformers
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config)).eval()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in
+                           tensors.items()}, strict=False)
+    if hf_config.get("tie_word_embeddings"):
+        model.tie_weights()
+    with torch.no_grad():
+        return model(torch.as_tensor(ids, dtype=torch.long)).logits.numpy()
+
+
+@pytest.mark.parametrize("gguf_type", ["f32", "q8_0", "q4_0"])
+def test_quantised_gguf_report_matches_transformers_on_the_read_back_file(run, tmp_path,
+                                                                          gguf_type):
+    """export.json's logit error of the GGUF vs f32, recomputed independently: transformers on
+    the f32 HF export vs transformers on the file's dequantised tensors, on the same texts."""
+    pytest.importorskip("transformers")
+    from ifp_jax.export.gguf_report import _batch
+    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.hf.weights import read_hf_checkpoint
+    _, workdir, _, _ = run
+    out = str(tmp_path / gguf_type)
+    meta = export_workdir(workdir, out, prompt=PROMPT, formats=("hf", "gguf"),
+                          gguf_type=gguf_type, log=lambda m: None)
+    report = meta["gguf"]
+    hf_config, hf_tensors = read_hf_checkpoint(os.path.join(out, "hf"))
+    _, gguf_tensors, _, _ = read_gguf(os.path.join(out, "gguf", "model.gguf"))
+    ids, real = _batch("byte", tuple(report["vs_f32"]["texts"]), hf_config[
+        "max_position_embeddings"])
+    want = _transformers_logits(hf_config, hf_tensors, ids)
+    got = _transformers_logits(hf_config, gguf_tensors, ids)
+    diff = np.abs(got - want).max(-1)[real]
+    assert report["vs_f32"]["positions"] == int(real.sum())
+    np.testing.assert_allclose(report["vs_f32"]["max_abs_logit_diff"], diff.max(), rtol=1e-2,
+                               atol=1e-4)
+    np.testing.assert_allclose(report["vs_f32"]["top1_agreement"],
+                               (got.argmax(-1) == want.argmax(-1))[real].mean(), atol=0.02)
+    assert report["file_bytes"] == os.path.getsize(os.path.join(out, "gguf", "model.gguf"))
+    if gguf_type == "f32":
+        assert report["vs_f32"] == dict(report["vs_f32"], max_abs_logit_diff=0.0,
+                                        top1_agreement=1.0)
+    else:
+        assert diff.max() > 1e-4  # the weights really were quantised
+    print(f"{gguf_type}: {report['file_bytes']} bytes, max |dlogit| "
+          f"{report['vs_f32']['max_abs_logit_diff']:.3g}, top-1 "
+          f"{report['vs_f32']['top1_agreement']:.3f}")
 
 
 def test_task_export_uses_the_skill_instruction(run, tmp_path):

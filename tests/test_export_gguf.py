@@ -114,7 +114,7 @@ def test_f16_keeps_norms_f32(tmp_path):
         want = np.float32 if arr.ndim == 1 else np.float16
         assert arr.dtype == want, name
         np.testing.assert_array_equal(arr, sd[name].astype(want), err_msg=name)
-    with pytest.raises(ConfigError, match="'f32' or 'f16'"):
+    with pytest.raises(ConfigError, match="use one of f32, f16, q8_0, q4_0"):
         write_gguf(path, cfg, sd, "byte", META, dtype="q8")
 
 

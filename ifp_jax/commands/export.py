@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from ifp_jax.export.run import FORMATS
 
 
@@ -12,7 +13,7 @@ def run(args) -> None:
     from ifp_jax.export.run import export_workdir
     export_workdir(args.workdir, args.out, prompt=args.prompt, instruction=args.instruction,
                    task=args.task, formats=tuple(args.format), eval_mask=args.eval_mask,
-                   overwrite=args.overwrite)
+                   gguf_type=args.gguf_type, overwrite=args.overwrite)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,6 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="formats to write (default: all)")
     e.add_argument("--eval-mask", choices=["hard", "lambda"], default=None,
                    help="0/1 top-k or lambda-scaled (default: the run's pruning.eval_mask)")
+    e.add_argument("--gguf-type", choices=GGUF_TYPES, default=DEFAULT_GGUF_TYPE,
+                   help="GGUF tensor type (norms stay f32; q4_0 keeps the output projection "
+                        "q8_0); export.json reports the file size and the logit error vs f32 "
+                        f"(default {DEFAULT_GGUF_TYPE})")
     e.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     e.set_defaults(fn=run)
     return e

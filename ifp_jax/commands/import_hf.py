@@ -1,5 +1,5 @@
 """`ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]`: a Hugging Face Llama
-checkpoint as an import directory for train.init_llm_from / init_predictor_from
+checkpoint (or a llama.cpp GGUF) as an import directory for train.init_llm_from / init_predictor_from
 (ifp_jax/hf/import_hf.py does the work)."""
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "import-hf", help="import a Hugging Face Llama checkpoint for train.init_*_from",
         description="Reads SRC (config.json + model.safetensors or sharded safetensors, "
-                    "optional tokenizer.json) and writes DIR, usable as train.init_llm_from "
+                    "optional tokenizer.json; or a llama.cpp MODEL.gguf, local or gs://, "
+                    "dequantised, its tokenizer rebuilt) and writes DIR, usable as train.init_llm_from "
                     "(--as llm) or train.init_predictor_from (either kind); the experiment then "
                     "takes the model's architecture and tokenizer from DIR.")
-    p.add_argument("src", metavar="SRC", help="a Hugging Face model directory")
+    p.add_argument("src", metavar="SRC", help="a Hugging Face model directory or a .gguf file")
     p.add_argument("--out", required=True, metavar="DIR", help="the import directory to write")
     p.add_argument("--as", dest="kind", choices=KINDS, default="llm",
                    help="what the model will initialise (default llm)")

@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from ifp_jax.config import ConfigError
+from ifp_jax.export import gguf_quant
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]  # "llama"
 _T = gguf.MODEL_TENSOR
@@ -68,13 +69,13 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
 
     tokenizer: 'byte' (seqio ByteVocabulary) or the path of a tokenizer.json with a BPE model.
     metadata: written as "ifp.<key>" (str, bool, int, float, lists of those, lists of int lists).
-    dtype: 'f32' or 'f16' (1-D norm weights stay f32, as llama.cpp's converter keeps them).
+    dtype: one of gguf_quant.GGUF_TYPES, 'f32', 'f16', 'q8_0' or 'q4_0' (norms stay f32; the
+    per-tensor choice and fallbacks are llama.cpp's, see export/gguf_quant.py).
     bpe_pre: llama.cpp's pre-tokenizer name for a BPE tokenizer.json whose pre-tokenizer is not
     recognised (GPT-2 and Llama-3 ones are).
     The file appears whole or not at all (written beside `path`, then renamed).
     """
-    if dtype not in ("f32", "f16"):
-        raise ConfigError(f"GGUF dtype {dtype!r} is not supported; use 'f32' or 'f16'")
+    gguf_quant.check_gguf_type(dtype)
     hp = _hparams(hf_config)
     out = _gguf_tensors(hp, tensors)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -82,8 +83,7 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32"
-                             else gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type(gguf_quant.FILE_TYPES[dtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_vocab_size(hp["vocab_size"])
         writer.add_context_length(hp["max_position_embeddings"])
@@ -103,12 +103,14 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
             _put_bpe_vocab(writer, hp, tokenizer, bpe_pre)
         _put_metadata(writer, metadata)
         # Tensor infos first, data one tensor at a time: memory stays at the caller's tensors
-        # plus one converted tensor (an f16 copy of every tensor would double it).
-        out_dtype = {name: np.float16 if dtype == "f16" and arr.ndim > 1 else np.float32
-                     for name, (arr, _) in out.items()}
+        # plus one converted tensor (a converted copy of every tensor would add up to 100%).
+        qtypes = {name: gguf_quant.tensor_type(name, arr.shape, dtype,
+                                               hp["tie_word_embeddings"])
+                  for name, (arr, _) in out.items()}
         for name, (arr, _) in out.items():
-            nbytes = arr.size * np.dtype(out_dtype[name]).itemsize
-            writer.add_tensor_info(name, arr.shape, np.dtype(out_dtype[name]), nbytes)
+            shape = gguf_quant.byte_shape(tuple(arr.shape), qtypes[name])
+            writer.add_tensor_info(name, shape, np.dtype(np.uint8), gguf_quant.stored_nbytes(
+                tuple(arr.shape), qtypes[name]), raw_dtype=qtypes[name])
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -116,7 +118,7 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
             arr = np.asarray(arr, np.float32)
             if heads is not None:
                 arr = permute_qk(arr, heads)
-            writer.write_tensor_data(np.ascontiguousarray(arr, out_dtype[name]))
+            writer.write_tensor_data(gguf_quant.encode(arr, qtypes[name]))
         writer.close()
         os.replace(tmp, path)
     except BaseException:
@@ -127,8 +129,9 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
 
 
 def read_gguf(path: str) -> tuple[dict, dict, dict, list]:
-    """A GGUF written by `write_gguf` -> (LlamaConfig-like dict, {HF name: array (HF layout, as
-    stored: f32 or f16)}, {ifp metadata key: value}, token strings).
+    """A GGUF of arch llama (`write_gguf`'s or llama.cpp's) -> (LlamaConfig-like dict, {HF name:
+    array (HF layout; f32 or f16 as stored, other types dequantised to f32)}, {ifp metadata key:
+    value}, token strings).
 
     The config's floats (rope_theta, rms_norm_eps) are stored as f32: read back as the shortest
     decimal of that f32 (1e-6 stays 1e-6, a value with more digits than f32 holds does not).
@@ -139,16 +142,23 @@ def read_gguf(path: str) -> tuple[dict, dict, dict, list]:
         raise ConfigError(f"{path} is a GGUF of architecture {kv.get('general.architecture')!r}, "
                           f"not {ARCH!r}; read it with gguf.GGUFReader")
     k = lambda key: kv.get(key.format(arch=ARCH))  # noqa: E731
-    stored = {t.name: np.array(t.data) for t in reader.tensors}
+    _check_plain_rope(path, kv, k)
+    stored = {t.name: gguf_quant.decode(t, path) for t in reader.tensors}
+    embed = stored.get("token_embd.weight")
+    heads, hidden = k(gguf.Keys.Attention.HEAD_COUNT), k(gguf.Keys.LLM.EMBEDDING_LENGTH)
+    # llama.cpp's converter writes key_length and vocab_size only when they differ from the
+    # defaults it derives (n_embd / n_head, the token list's length).
+    head_dim = k(gguf.Keys.Attention.KEY_LENGTH) or (hidden // heads if heads else None)
     cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
-           "vocab_size": k(gguf.Keys.LLM.VOCAB_SIZE),
+           "vocab_size": k(gguf.Keys.LLM.VOCAB_SIZE) or (
+               None if embed is None else int(embed.shape[0])),
            "max_position_embeddings": k(gguf.Keys.LLM.CONTEXT_LENGTH),
            "hidden_size": k(gguf.Keys.LLM.EMBEDDING_LENGTH),
            "num_hidden_layers": k(gguf.Keys.LLM.BLOCK_COUNT),
            "intermediate_size": k(gguf.Keys.LLM.FEED_FORWARD_LENGTH),
            "num_attention_heads": k(gguf.Keys.Attention.HEAD_COUNT),
-           "num_key_value_heads": k(gguf.Keys.Attention.HEAD_COUNT_KV),
-           "head_dim": k(gguf.Keys.Attention.KEY_LENGTH),
+           "num_key_value_heads": k(gguf.Keys.Attention.HEAD_COUNT_KV) or heads,
+           "head_dim": head_dim,
            "rope_theta": _f32_float(k(gguf.Keys.Rope.FREQ_BASE)),
            "rms_norm_eps": _f32_float(k(gguf.Keys.Attention.LAYERNORM_RMS_EPS)),
            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
@@ -156,8 +166,18 @@ def read_gguf(path: str) -> tuple[dict, dict, dict, list]:
            "bos_token_id": kv.get(gguf.Keys.Tokenizer.BOS_ID),
            "eos_token_id": kv.get(gguf.Keys.Tokenizer.EOS_ID),
            "pad_token_id": kv.get(gguf.Keys.Tokenizer.PAD_ID)}
-    hf_names = [n for n in _expected_names(cfg["num_hidden_layers"])
+    if cfg["rope_theta"] is None:  # llama.cpp's default for arch llama
+        cfg["rope_theta"] = 10000.0
+    hf_names = [n for n in _expected_names(cfg["num_hidden_layers"] or 0)
                 if not (cfg["tie_word_embeddings"] and n == "lm_head.weight")]
+    by_gguf = {gguf_tensor_name(n): n for n in hf_names}
+    extra = sorted(set(stored) - set(by_gguf))
+    missing = [n for n in by_gguf if n not in stored]
+    if extra or missing:
+        what = (f"has tensor {extra[0]}, which a plain Llama has not" if extra else
+                f"lacks tensor {missing[0]}")
+        raise ConfigError(f"{path} {what} ({len(extra)} extra, {len(missing)} missing); only a "
+                          f"plain llama.cpp Llama (arch llama, no rope scaling) can be read")
     tensors = {}
     for hf_name in hf_names:
         arr = stored[gguf_tensor_name(hf_name)]
@@ -167,6 +187,20 @@ def read_gguf(path: str) -> tuple[dict, dict, dict, list]:
             arr = unpermute_qk(arr, cfg["num_key_value_heads"])
         tensors[hf_name] = arr
     return cfg, tensors, _get_metadata(kv), list(kv.get(gguf.Keys.Tokenizer.LIST) or [])
+
+
+def _check_plain_rope(path: str, kv: dict, k) -> None:
+    """Refuses rope scaling and partial rope, which this Llama (and read_gguf) does not model."""
+    scaling = k(gguf.Keys.Rope.SCALING_TYPE)
+    if scaling not in (None, "none"):
+        raise ConfigError(f"{path} uses rope scaling {scaling!r}; only plain rope is supported "
+                          f"(import the HF checkpoint of a model without rope scaling)")
+    dims, heads = k(gguf.Keys.Rope.DIMENSION_COUNT), k(gguf.Keys.Attention.HEAD_COUNT)
+    head_dim = k(gguf.Keys.Attention.KEY_LENGTH) or (
+        k(gguf.Keys.LLM.EMBEDDING_LENGTH) // heads if heads else None)
+    if dims is not None and head_dim is not None and dims != head_dim:
+        raise ConfigError(f"{path} rotates {dims} of {head_dim} head dimensions (partial rope); "
+                          f"only full-head rope is supported")
 
 
 def _f32_float(v: float | None) -> float | None:

@@ -2,8 +2,9 @@
 
     OUT/hf/         config.json + model.safetensors + tokenizer files (transformers loads it)
     OUT/orbax/      ifp_model.json + params/ (ifp_jax / tensorstore; `ifp generate --model`)
-    OUT/gguf/model.gguf   llama.cpp
-    OUT/export.json the metadata every format also carries
+    OUT/gguf/model.gguf   llama.cpp (--gguf-type f32|f16|q8_0|q4_0, default f16)
+    OUT/export.json the metadata every format also carries, plus "gguf": the file's type, size
+                    and logit error vs the f32 model (export/gguf_report.py)
 
 Selection text: --prompt (a user prompt, read as the predictor reads training prompts),
 --instruction (a hand-written task instruction: the paper's per-task mode,
@@ -21,6 +22,7 @@ import os
 
 from ifp_jax.config import ConfigError, load_workdir_config
 from ifp_jax.data.skills import task_instruction
+from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from ifp_jax.storage import paths, staging
 
 FORMATS = ("hf", "orbax", "gguf")
@@ -37,7 +39,8 @@ def _check_out(out: str, overwrite: bool) -> str:
 def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
                    instruction: str | None = None, task: str | None = None,
                    formats: tuple[str, ...] = FORMATS, eval_mask: str | None = None,
-                   overwrite: bool = False, log=print) -> dict:
+                   gguf_type: str = DEFAULT_GGUF_TYPE, overwrite: bool = False,
+                   log=print) -> dict:
     """Selects units for the given text with the run's predictor and writes the small model.
 
     Returns the metadata dict (also written to OUT/export.json)."""
@@ -46,6 +49,8 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
         raise ConfigError("pass exactly one of --prompt, --instruction, --task")
     if any(f not in FORMATS for f in formats):
         raise ConfigError(f"--format must be among {', '.join(FORMATS)}")
+    if gguf_type not in GGUF_TYPES:
+        raise ConfigError(f"--gguf-type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
     out = _check_out(out, overwrite)
     cfg = load_workdir_config(workdir)
     text, kind = ((prompt, "prompt") if prompt is not None else
@@ -79,19 +84,29 @@ def export_workdir(workdir: str, out: str, *, prompt: str | None = None,
         text=text, text_kind=kind, task=task, params_hash=manifest.content_hash(small))
 
     with staging.staged_output(out, marker=MANIFEST) as tmp:
-        write_formats(tmp, cfg=small_cfg, params=small, vocabulary=cfg.data.vocabulary,
-                      meta=meta, formats=formats)
+        report = write_formats(tmp, cfg=small_cfg, params=small, vocabulary=cfg.data.vocabulary,
+                               meta=meta, formats=formats, gguf_type=gguf_type, text=text)
+        if report is not None:
+            meta["gguf"] = report
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(meta, f, indent=2)
     log(f"[ifp] exported {workdir} @ step {step} ({selection.mode}, {selection.eval_mask} mask, "
         f"k={small_cfg.d_ffn} of {cfg.model.d_ffn} units/layer) for {kind} {text!r} -> {out} "
         f"[{', '.join(formats)}] hash {meta['content_hash'][:12]}")
+    if "gguf" in meta:
+        g = meta["gguf"]
+        log(f"[ifp] gguf {g['type']}: {g['file_bytes'] / 1e6:.1f} MB, vs f32 max |dlogit| "
+            f"{g['vs_f32']['max_abs_logit_diff']:.3g}, top-1 agreement "
+            f"{g['vs_f32']['top1_agreement']:.3f} ({g['vs_f32']['positions']} positions)")
     return meta
 
 
 def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
-                  formats: tuple[str, ...]) -> None:
-    """Writes the small dense model `params` (numpy, our layout) in each requested format."""
+                  formats: tuple[str, ...], gguf_type: str = DEFAULT_GGUF_TYPE,
+                  text: str | None = None) -> dict | None:
+    """Writes the small dense model `params` (numpy, our layout) in each requested format;
+    returns the GGUF's report (type, size, logit error vs f32 on fixed texts and `text`), or
+    None without the gguf format."""
     from ifp_jax.hf import weights as hf_weights
     from ifp_jax.vocab.export_files import special_ids
     hf_config = hf_weights.hf_config_from_model_config(cfg, **special_ids(vocabulary))
@@ -109,9 +124,13 @@ def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
             json.dump(meta, f, indent=2)
     if "gguf" in formats:
         from ifp_jax.export.gguf_writer import write_gguf
+        from ifp_jax.export.gguf_report import gguf_logit_report
+        path = os.path.join(out, "gguf", "model.gguf")
         os.makedirs(os.path.join(out, "gguf"), exist_ok=True)
-        write_gguf(os.path.join(out, "gguf", "model.gguf"), hf_config, tensors,
-                   _gguf_tokenizer(vocabulary), meta)
+        write_gguf(path, hf_config, tensors, _gguf_tokenizer(vocabulary), meta, dtype=gguf_type)
+        del tensors
+        return gguf_logit_report(path, gguf_type, cfg, params, vocabulary, text)
+    return None
 
 
 def _source_generation_config(vocabulary: str) -> dict | None:

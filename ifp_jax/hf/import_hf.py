@@ -1,7 +1,8 @@
 """What `ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]` does.
 
 Converts a Hugging Face Llama checkpoint directory (config.json + safetensors, optional
-tokenizer.json) into an import directory (layout: hf/imported.py) that train.init_llm_from /
+tokenizer.json), or a llama.cpp GGUF file (MODEL.gguf, local or gs://: hf/gguf_import.py gives
+the same config, tensors and tokenizer files), into an import directory (layout: hf/imported.py) that train.init_llm_from /
 train.init_predictor_from accept. Everything is read and checked before DIR is touched; DIR is
 written beside itself and renamed into place, so a failed import leaves no partial directory.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 
 from ifp_jax import config as config_lib
 from ifp_jax.config import ConfigError
@@ -55,18 +57,56 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
 def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False) -> dict:
     """Writes the import directory `out` from the HF checkpoint `src`; returns its metadata."""
     import orbax.checkpoint as ocp
+    from ifp_jax.hf.gguf_import import is_gguf
     from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
-    from ifp_jax.vocab.export_files import write_generation_config
-    src, out = os.path.abspath(os.path.expanduser(src)), paths.absolute(out)
+    src = paths.absolute(src) if paths.is_remote(src) else os.path.abspath(
+        os.path.expanduser(src))
+    out = paths.absolute(out)
     if kind not in KINDS:
         raise ConfigError(f"--as {kind!r} is not one of {list(KINDS)}")
     _check_out(out, overwrite)
-    hf_config, tensors = read_hf_checkpoint(src)
+    with tempfile.TemporaryDirectory() as gguf_tokenizer_dir:
+        if is_gguf(src):
+            hf_config, tensors, tok_dir = _read_gguf(src, gguf_tokenizer_dir)
+        elif paths.is_remote(src):
+            raise ConfigError(f"{src}: a gs:// source must be a .gguf file; copy an HF model "
+                              f"directory to local disk first")
+        else:
+            (hf_config, tensors), tok_dir = read_hf_checkpoint(src), src
+        return _write_import(src, out, kind, hf_config, tensors, tok_dir, ocp,
+                             model_config_from_hf, params_from_hf)
+
+
+def _read_gguf(src: str, tok_dir: str) -> tuple[dict, dict, str]:
+    """(config, tensors, dir holding the rebuilt tokenizer files (none: byte vocabulary))."""
+    from ifp_jax.hf.gguf_import import read_gguf_checkpoint
+    from ifp_jax.storage import staging
+    if paths.is_remote(src):
+        if not paths.isfile(src):
+            raise ConfigError(f"{src} not found; pass an existing .gguf file")
+        local = staging.local_file(src)
+    elif not os.path.isfile(src):
+        raise ConfigError(f"{src} not found; pass an existing .gguf file")
+    else:
+        local = src
+    hf_config, tensors, files = read_gguf_checkpoint(local)
+    for name, content in (files or {}).items():
+        with open(os.path.join(tok_dir, name), "w", encoding="utf-8") as f:
+            if isinstance(content, str):
+                f.write(content)
+            else:
+                json.dump(content, f, indent=2, ensure_ascii=False)
+    return hf_config, tensors, tok_dir
+
+
+def _write_import(src, out, kind, hf_config, tensors, tok_dir, ocp, model_config_from_hf,
+                  params_from_hf) -> dict:
+    from ifp_jax.vocab.export_files import write_generation_config
     cfg = model_config_from_hf(hf_config)
     n_params = sum(t.size for t in tensors.values())
     params = params_from_hf(tensors, cfg)
     del tensors
-    tokenizer = os.path.join(src, TOKENIZER_FILE)
+    tokenizer = os.path.join(tok_dir, TOKENIZER_FILE)
     has_tokenizer = os.path.isfile(tokenizer)
     if has_tokenizer:
         _check_tokenizer(tokenizer, cfg.vocab_size)
@@ -80,13 +120,14 @@ def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False)
                                       args=ocp.args.PyTreeSave(params))
         if has_tokenizer:
             for name in (TOKENIZER_FILE,) + TOKENIZER_SIDE_FILES:
-                if os.path.isfile(os.path.join(src, name)):
-                    shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+                if os.path.isfile(os.path.join(tok_dir, name)):
+                    shutil.copy2(os.path.join(tok_dir, name), os.path.join(tmp, name))
             # transformers' generate defaults, with the tokenizer's bos/eos/pad ids.
             write_generation_config(tmp, os.path.join(tmp, TOKENIZER_FILE),
-                                    _json_or_none(os.path.join(src, GENERATION_CONFIG)))
-        elif os.path.isfile(os.path.join(src, GENERATION_CONFIG)):
-            shutil.copy2(os.path.join(src, GENERATION_CONFIG), os.path.join(tmp, GENERATION_CONFIG))
+                                    _json_or_none(os.path.join(tok_dir, GENERATION_CONFIG)))
+        elif os.path.isfile(os.path.join(tok_dir, GENERATION_CONFIG)):
+            shutil.copy2(os.path.join(tok_dir, GENERATION_CONFIG),
+                         os.path.join(tmp, GENERATION_CONFIG))
         with open(os.path.join(tmp, IMPORT_FILE), "w") as f:  # marks a complete import
             json.dump(meta, f, indent=2, sort_keys=True)
     print(f"[ifp] imported {src} as {kind}: {n_params / 1e6:.2f}M params, {cfg.n_layers} layers, "

@@ -1,0 +1,60 @@
+"""What a written GGUF costs: its size, and how far its (dequantised) weights move the logits.
+
+The file is read back as llama.cpp would see its weights (export/gguf_writer.read_gguf: every
+tensor dequantised by the gguf package, q/k un-permuted), turned into our params and run through
+our own decoder next to the f32 params it was written from, on a few fixed texts (and the
+selection text). An f32 file reads back bit-exact, so its figures are 0 and 1.0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+# Fixed texts: plain words, digits and punctuation, non-ASCII (multi-byte ids in any vocabulary).
+REPORT_TEXTS = ("The quick brown fox jumps over the lazy dog.",
+                "Sort 7, 3, 12 and 5: the answer is 3 5 7 12.",
+                "caf\u00e9 na\u00efve \u65e5\u672c \U0001f999 = ok")
+_MAX_TOKENS = 64  # per text: the figure needs positions, not whole documents
+
+
+def _batch(vocabulary: str, texts: tuple[str, ...], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded token ids [B, T] and the mask [B, T] of real positions (causal attention:
+    padding after a position does not change its logits)."""
+    from ifp_jax.vocab.light import get_light_vocabulary
+    vocab = get_light_vocabulary(vocabulary)
+    rows = [vocab.encode(t)[:min(_MAX_TOKENS, max_len)] or [0] for t in texts]
+    t = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), t), np.int32)
+    real = np.zeros((len(rows), t), bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], real[i, :len(r)] = r, True
+    return ids, real
+
+
+def gguf_logit_report(path: str, gguf_type: str, cfg, params: dict, vocabulary: str,
+                      extra_text: str | None = None) -> dict:
+    """{"type", "file_bytes", "vs_f32": {max_abs_logit_diff, top1_agreement, positions, texts}}
+    for the GGUF at `path`, written from `params` (numpy f32, our layout, ModelConfig `cfg`)."""
+    import jax
+    import jax.numpy as jnp
+    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.hf.weights import params_from_hf
+    from ifp_jax.model.decoder import Decoder
+    _, tensors, _, _ = read_gguf(path)
+    cfg = dataclasses.replace(cfg, attention="xla")  # plain attention: same path for both runs
+    read_back = params_from_hf({k: np.asarray(v, np.float32) for k, v in tensors.items()}, cfg)
+    del tensors
+    texts = REPORT_TEXTS + ((extra_text,) if extra_text else ())
+    ids, real = _batch(vocabulary, texts, cfg.max_len)
+    forward = jax.jit(Decoder(cfg).apply)
+    want = np.asarray(forward({"params": params}, jnp.asarray(ids)))[..., :cfg.vocab_size]
+    got = np.asarray(forward({"params": read_back}, jnp.asarray(ids)))[..., :cfg.vocab_size]
+    diff = np.abs(got - want).max(axis=-1)[real]
+    top1 = (got.argmax(-1) == want.argmax(-1))[real]
+    return {"type": gguf_type, "file_bytes": os.path.getsize(path),
+            "vs_f32": {"max_abs_logit_diff": float(diff.max()),
+                       "top1_agreement": float(top1.mean()), "positions": int(real.sum()),
+                       "texts": list(texts)}}

@@ -140,13 +140,16 @@ def _train(model, trainer, pre=None, text=_TEXT):
     return tok
 
 
-def _bpe_gguf(tmp_path):
-    """A GPT-2-style byte-level BPE tokenizer.json trained offline, and a GGUF using it."""
+def _bpe_gguf(tmp_path, digits: bool = False):
+    """A GPT-2-style byte-level BPE tokenizer.json trained offline, and a GGUF using it;
+    `digits`: SmolLM2's pre-tokenizer (each digit alone, then GPT-2's split)."""
     from tokenizers import decoders, models, pre_tokenizers, trainers
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits:
+        pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), pre])
     tok = _train(models.BPE(), trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<pad>", "</s>", "<s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-        pre_tokenizers.ByteLevel(add_prefix_space=False), _TEXT + _DIGITS)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()), pre, _TEXT + _DIGITS)
     tok.decoder = decoders.ByteLevel()
     tok_path = str(tmp_path / "tokenizer.json")
     tok.save(tok_path)
@@ -313,9 +316,11 @@ def test_llama_cpp_runs_the_gguf_like_transformers(tmp_path):
     print(f"greedy continuation (8 tokens, equal): {seq[len(ids):]}")
 
 
-def test_llama_cpp_tokenizes_the_bpe_gguf_like_tokenizers(tmp_path):
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm"])
+def test_llama_cpp_tokenizes_the_bpe_gguf_like_tokenizers(tmp_path, pre):
     llama_cpp = _llama_cpp()
-    tok, _, _, path = _bpe_gguf(tmp_path)
+    tok, _, _, path = _bpe_gguf(tmp_path, digits=pre == "smollm")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == pre
     llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
     for text in ("the quick brown fox", "hello  world,\nI've 12345 gguf!", "caf\u00e9 \U0001f999 x",
                  "order 1234567 of 7654321"):

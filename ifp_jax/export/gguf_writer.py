@@ -365,6 +365,11 @@ def _bpe_pre(tok: dict) -> str | None:
             and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_REGEX
             and byte_level(steps[1], False)):
         return "llama-bpe"
+    # SmolLM2 / StarCoder: each digit on its own, then GPT-2's split (llama.cpp's "smollm"
+    # pre-tokenizer is exactly that: \p{N} first, then the GPT-2 regex).
+    if (len(steps) == 2 and steps[0].get("type") == "Digits"
+            and steps[0].get("individual_digits") and byte_level(steps[1], True)):
+        return "smollm"
     return None
 
 

@@ -129,8 +129,8 @@ def _eval_case():
     return model, params, batch, num_steps
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _reference_and_cached(model, params, batch, num_steps, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _reference_and_cached(model, params, batch, num_steps, eos_id, prompt_len=None):
     """The evaluator's path (IFPModel.select, then greedy_continuation on the decoder params)
     and the one it replaced (the whole IFPModel per token, mask given, no early stop)."""
     mask, _, _ = model.apply({"params": params}, batch, mode="soft", temperature=0.1,
@@ -144,7 +144,8 @@ def _reference_and_cached(model, params, batch, num_steps, eos_id):
 
     return (gen.greedy_decode_full(logits_fn, inputs, start, num_steps),
             *gen.greedy_continuation(params["decoder"], CFG, inputs, start,
-                                     num_steps=num_steps, mask=mask, eos_id=eos_id))
+                                     num_steps=num_steps, mask=mask, eos_id=eos_id,
+                                     prompt_len=prompt_len))
 
 
 def test_eval_greedy_tokens_equal_the_full_recompute_reference():
@@ -156,6 +157,10 @@ def test_eval_greedy_tokens_equal_the_full_recompute_reference():
     np.testing.assert_array_equal(cached, reference)
     assert len(np.unique(np.asarray(reference))) > 3  # a real continuation, not one token
     np.testing.assert_array_equal(count, [8, 8, 4, 1])  # min(num_steps, T - prompt length)
+    # Prefilling only the longest prompt (rows 0-2: 21 of 24 positions) changes no token.
+    sub = {k: v[:3] for k, v in batch.items()}
+    _, trimmed, _ = _reference_and_cached(model, params, sub, num_steps, gen.NO_EOS, 21)
+    np.testing.assert_array_equal(trimmed, np.asarray(reference)[:3])
 
 
 def test_eval_stops_every_row_at_its_eos_with_the_same_predictions():

@@ -63,7 +63,8 @@ class EvalProgress:
         self.done = min(self.done + n, self.total)
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done)
-        elif self._enabled and time.monotonic() - self._last_line >= self.every_seconds:
+        elif (self._enabled and self.done < self.total  # the last line is __exit__'s
+              and time.monotonic() - self._last_line >= self.every_seconds):
             self._print_line()
 
     def line(self, final: bool = False) -> str:

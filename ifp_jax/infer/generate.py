@@ -194,7 +194,8 @@ def prompt_only_inputs(decoder_input_tokens: jax.Array, loss_weights: jax.Array)
 
 def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start: jax.Array, *,
                         num_steps: int, mask: jax.Array | None, eos_id: int | jax.Array = NO_EOS,
-                        dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+                        prompt_len: int | None = None, dtype: Any = jnp.float32
+                        ) -> tuple[jax.Array, jax.Array]:
     """`greedy_decode_full`'s contract and tokens up to each row's EOS, over the KV cache
     (traceable).
 
@@ -203,13 +204,16 @@ def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start:
     write past position T - 1: from there it repeats the token read at T - 1, and so does this
     (the cache itself has room for all steps). A row stops at its EOS (then pad 0: a prediction
     ends at its EOS either way) or once it reaches T - 1, and the loop when every row has.
+    prompt_len (static; > every start): prefill only inputs[:, :prompt_len], not the T - 1 - start
+    positions after each prompt that the decoding overwrites anyway.
     """
     t = inputs.shape[1]
     last = t - 1 - start  # the step whose logits come from position T - 1
-    out, count = decode_loop(params, cfg, inputs, start + 1, mask=mask, key=jax.random.key(0),
+    prompts = inputs[:, :prompt_len] if prompt_len else inputs
+    out, count = decode_loop(params, cfg, prompts, start + 1, mask=mask, key=jax.random.key(0),
                              num_steps=num_steps, eos_id=eos_id, temperature=0.0, top_p=1.0,
-                             out_len=num_steps, cache_len=t + num_steps, method="greedy",
-                             dtype=dtype, row_limit=last + 1)
+                             out_len=num_steps, cache_len=prompts.shape[1] + num_steps,
+                             method="greedy", dtype=dtype, row_limit=last + 1)
     clamped = jnp.minimum(jnp.arange(num_steps)[None], last[:, None])
     return jnp.take_along_axis(out, clamped, axis=1), count
 

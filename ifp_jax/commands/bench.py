@@ -67,7 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="applied to every size's config, e.g. model.tie_embeddings=true")
     i.add_argument("--sizes", nargs="+", default=["2m", "50m"],
-                   help="model sizes among 2m, 50m, 200m (default: 2m 50m)")
+                   help="model sizes among 2m, 50m, 135m (SmolLM2-135M's shape), 200m "
+                        "(default: 2m 50m)")
     i.add_argument("--prompt-len", type=int, default=512)
     i.add_argument("--new-tokens", type=int, default=128)
     i.add_argument("--keep-frac", type=float, default=0.25,

@@ -10,9 +10,10 @@ Examples are the first `DataConfig.eval_examples_per_task` of each task's split 
 held out, by default), run in batches that take the tasks round-robin; with
 `DataConfig.eval_max_seconds` no batch starts once that time is up, so every task is scored on
 about as many of its first examples, and the result says how many (`examples`, `partial`).
-Progress (examples, examples/s, ETA) goes to stderr (eval/progress.py). The masks (per-input, per-task, static, griffin, dense) are chosen by
-ifp_jax/selection/batch_masks.py; a text task has no instruction, so per-task mode gives it
-per-input masks (the predictor reads chunk k), and GRIFFIN reads chunks 1..k.
+Progress (examples, examples/s, ETA) goes to stderr (eval/progress.py). The masks (per-input,
+per-task, static, griffin, dense) are chosen by ifp_jax/selection/batch_masks.py; a text task
+has no instruction, so per-task mode gives it per-input masks (the predictor reads chunk k), and
+GRIFFIN reads chunks 1..k.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def _exact_match_from_metrics(values: dict) -> float:
 def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int,
                  eos_id: int = NO_EOS, prompt_len: int | None = None):
     """Returns fn(params, batch, mask_table) -> (generated [B, num_steps], mask [B, L, F] or
-    zeros, decoded tokens: the step count of the batch's longest row).
+    zeros).
 
     The mask comes from `selection.batch_masks.batch_mask`; the decoder then prefills the prompt
     and decodes greedily over a KV cache with that mask (none in dense mode): the same tokens as
@@ -97,12 +98,10 @@ def make_eval_fn(model: IFPModel, mode: str, temperature: float, num_steps: int,
                                            batch["decoder_loss_weights"])
         mask = batch_mask(model, mode=mode, temperature=temperature, params=params,
                           batch=batch, mask_table=mask_table)
-        generated, count = greedy_continuation(params["decoder"], model.model_cfg, inputs,
-                                               start, num_steps=num_steps, mask=mask,
-                                               eos_id=eos_id, prompt_len=prompt_len,
-                                               dtype=model.dtype)
-        return (generated, (mask if mask is not None else jnp.zeros((1, 1, 1))),
-                jnp.max(count))
+        generated, _ = greedy_continuation(params["decoder"], model.model_cfg, inputs, start,
+                                           num_steps=num_steps, mask=mask, eos_id=eos_id,
+                                           prompt_len=prompt_len, dtype=model.dtype)
+        return generated, (mask if mask is not None else jnp.zeros((1, 1, 1)))
 
     return run
 
@@ -279,7 +278,7 @@ def _exact_match(run: _EvalRun, task_names: list[str], *, num_samples: int,
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         outs, done = _run_batches(fn, arrays, run, f"exact match, {len(task_names)} tasks",
                                   run.deadline, table)
-    generated = np.concatenate([np.asarray(g) for g, _, _ in outs])[:done]
+    generated = np.concatenate([np.asarray(g) for g, _ in outs])[:done]
     counts = _scored_counts(task_of, done, len(task_names))
 
     per_task_em, samples, scored = {}, {}, {}
@@ -301,7 +300,7 @@ def _exact_match(run: _EvalRun, task_names: list[str], *, num_samples: int,
     # Task-major row order (what the mask report groups by): a stable sort by task.
     by_task = np.argsort(task_of[:done], kind="stable")
     if mode != "dense":
-        all_masks = np.concatenate([np.asarray(m) for _, m, _ in outs])[:done][by_task]
+        all_masks = np.concatenate([np.asarray(m) for _, m in outs])[:done][by_task]
         stats = metric.compute(mask_statistics(jnp.asarray(all_masks), None,
                                                jnp.asarray(task_of[:done][by_task]),
                                                len(task_names), cfg.pruning.keep_k))

@@ -9,9 +9,10 @@ Results go to DIR/eval_<mask>_<eval mask>.json (e.g. eval_per-task_lambda.json),
 DIR/eval_<mask>_<eval mask>_<split>.json for a split other than 'validation' (e.g.
 eval_dense_lambda_train.json), so evaluations sit side by side; `--json` prints the same object
 on stdout, with the examples scored per task (`examples`) and whether the time bound
-`data.eval_max_seconds` cut the evaluation short (`partial`). Values that are not finite (`mean` of a mixture with no instruction task) are written
-as null. Masked evaluations also write the mask analysis (eval/mask_analysis.py) of the
-instruction tasks' masks to DIR/masks_<mask>_<eval mask>[_<split>]/.
+`data.eval_max_seconds` cut the evaluation short (`partial`). Values that are not finite
+(`mean` of a mixture with no instruction task) are written as null. Masked evaluations also
+write the mask analysis (eval/mask_analysis.py) of the instruction tasks' masks to
+DIR/masks_<mask>_<eval mask>[_<split>]/.
 """
 
 from __future__ import annotations

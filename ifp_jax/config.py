@@ -116,6 +116,10 @@ class DataConfig:
     cpt_num_chunks: int = 2
     jsonl_path: str = ""  # registers the task 'ifp_jsonl' when set
     eval_examples_per_task: int = 128
+    # A time bound on each evaluation, in seconds (0 = none): examples are taken round-robin
+    # over the tasks, so when time is up every task has about as many; the result says how many
+    # per task and is marked partial (eval/evaluate.py).
+    eval_max_seconds: float = 0.0
     # Fraction of instruction examples whose predictor input is the task's instruction text alone
     # (what a per-task mask is selected from), so per-task selection is in the predictor's
     # training distribution; tasks without an instruction text (text, ifp_jsonl) never are.
@@ -255,7 +259,7 @@ _POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end",
                    "checkpoint.lock_stale_minutes")
 _NON_NEGATIVE_FLOATS = ("optimizer.lr_llm", "optimizer.lr_predictor", "optimizer.weight_decay",
                         "optimizer.grad_clip_norm", "pruning.balance_weight",
-                        "checkpoint.every_minutes")
+                        "checkpoint.every_minutes", "data.eval_max_seconds")
 
 
 def _get_dotted(cfg: Any, key: str) -> Any:

@@ -112,39 +112,79 @@ def test_generate_greedy_tokens_are_the_full_recompute_argmax():
     np.testing.assert_array_equal(again, tokens)
 
 
-def test_eval_greedy_tokens_equal_the_full_recompute_reference():
-    """The evaluator's path (IFPModel.select, then greedy_continuation on the decoder params)
-    against the one it replaced (the whole IFPModel per token, mask given): same tokens."""
+def _eval_case():
+    """(model, params, batch, num_steps) of the evaluator's tests: 4 rows, the last two of
+    which reach position T - 1 while decoding."""
     model = IFPModel(CFG, PredictorConfig(backbone=dataclasses.replace(CFG, n_layers=1),
                                           head_hidden=16, max_prompt_len=16),
                      PruningConfig(mode="soft", keep_k=K, eval_mask="lambda"))
     t, b, num_steps = 24, 4, 8
-    prompt_len = np.array([3, 9, 20, 23])  # the last two reach position T - 1
+    prompt_len = np.array([3, 9, 20, 23])
     seq = np.asarray(jax.random.randint(jax.random.key(5), (b, t), 3, 259))
     weights = (np.arange(t)[None] >= prompt_len[:, None]).astype(np.float32)
     batch = {"predictor_tokens": seq[:, :16], "decoder_input_tokens": seq,
              "decoder_loss_weights": weights}
     params = jax.jit(functools.partial(model.init, mode="soft", temperature=1.0))(
         jax.random.key(0), batch)["params"]
+    return model, params, batch, num_steps
 
-    @jax.jit
-    def both(params, batch):
-        mask, _, _ = model.apply({"params": params}, batch, mode="soft", temperature=0.1,
-                                 train=False, method=IFPModel.select)
-        inputs, start = gen.prompt_only_inputs(batch["decoder_input_tokens"],
-                                               batch["decoder_loss_weights"])
 
-        def logits_fn(tokens):
-            return model.apply({"params": params}, dict(batch, decoder_input_tokens=tokens),
-                               mode="given", given_mask=mask, train=False).logits
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _reference_and_cached(model, params, batch, num_steps, eos_id, prompt_len=None):
+    """The evaluator's path (IFPModel.select, then greedy_continuation on the decoder params)
+    and the one it replaced (the whole IFPModel per token, mask given, no early stop)."""
+    mask, _, _ = model.apply({"params": params}, batch, mode="soft", temperature=0.1,
+                             train=False, method=IFPModel.select)
+    inputs, start = gen.prompt_only_inputs(batch["decoder_input_tokens"],
+                                           batch["decoder_loss_weights"])
 
-        return (gen.greedy_decode_full(logits_fn, inputs, start, num_steps),
-                gen.greedy_continuation(params["decoder"], CFG, inputs, start,
-                                        num_steps=num_steps, mask=mask))
+    def logits_fn(tokens):
+        return model.apply({"params": params}, dict(batch, decoder_input_tokens=tokens),
+                           mode="given", given_mask=mask, train=False).logits
 
-    reference, cached = both(params, batch)
+    return (gen.greedy_decode_full(logits_fn, inputs, start, num_steps),
+            *gen.greedy_continuation(params["decoder"], CFG, inputs, start,
+                                     num_steps=num_steps, mask=mask, eos_id=eos_id,
+                                     prompt_len=prompt_len))
+
+
+def test_eval_greedy_tokens_equal_the_full_recompute_reference():
+    """Without an EOS: the same tokens as the reference; a row stops decoding once it reaches
+    position T - 1 (from there both repeat the token read there)."""
+    model, params, batch, num_steps = _eval_case()
+    reference, cached, count = _reference_and_cached(model, params, batch, num_steps,
+                                                     gen.NO_EOS)
     np.testing.assert_array_equal(cached, reference)
     assert len(np.unique(np.asarray(reference))) > 3  # a real continuation, not one token
+    np.testing.assert_array_equal(count, [8, 8, 4, 1])  # min(num_steps, T - prompt length)
+    # Prefilling only the longest prompt (rows 0-2: 21 of 24 positions) changes no token.
+    sub = {k: v[:3] for k, v in batch.items()}
+    _, trimmed, _ = _reference_and_cached(model, params, sub, num_steps, gen.NO_EOS, 21)
+    np.testing.assert_array_equal(trimmed, np.asarray(reference)[:3])
+
+
+def test_eval_stops_every_row_at_its_eos_with_the_same_predictions():
+    """With an EOS each row's prediction (its tokens up to the EOS) is the reference's, pad 0
+    follows, and the loop ends once every row has stopped: fewer steps than num_steps."""
+    model, params, batch, num_steps = _eval_case()
+    reference, _, _ = _reference_and_cached(model, params, batch, num_steps, gen.NO_EOS)
+    reference = np.asarray(reference)
+    rows = [0, 2, 3]  # rows 2 and 3 stop at T - 1, row 0 at its second token (the EOS)
+    eos = int(reference[0, 1])
+    assert eos not in reference[0, :1] and eos not in reference[2:, :4]
+    sub = {k: v[rows] for k, v in batch.items()}
+    _, cached, count = _reference_and_cached(model, params, sub, num_steps, eos)
+    cached = np.asarray(cached)
+
+    def prediction(row):
+        row = list(row)
+        return row[:row.index(eos)] if eos in row else row
+
+    for i, r in enumerate(rows):
+        assert prediction(cached[i]) == prediction(reference[r])
+    np.testing.assert_array_equal(cached[0], [reference[0, 0], eos] + [0] * (num_steps - 2))
+    np.testing.assert_array_equal(count, [2, 4, 1])
+    assert int(np.max(count)) < num_steps  # the loop's step count: it ended early
 
 
 def _generate(**kw):

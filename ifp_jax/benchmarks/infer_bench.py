@@ -40,6 +40,11 @@ SIZES = {
     # ~55M: the train bench's Llama (d 512, 8 layers, FFN 1376, 8/2 heads, vocab 32000).
     "50m": ModelConfig(vocab_size=32000, d_model=512, n_layers=8, n_heads=8, n_kv_heads=2,
                        head_dim=64, d_ffn=1376, max_len=1024),
+    # ~135M: SmolLM2-135M's shape (30 layers, d 576, 9/3 heads of 64, FFN 1536, vocabulary
+    # 49152, tied, rope theta 1e5); opt-in.
+    "135m": ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                        head_dim=64, d_ffn=1536, max_len=2048, tie_embeddings=True,
+                        rope_theta=100000.0),
     # ~200M: d 1024, 12 layers, FFN 2816 (opt-in: slower to run).
     "200m": ModelConfig(vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, n_kv_heads=4,
                         head_dim=64, d_ffn=2816, max_len=1024),

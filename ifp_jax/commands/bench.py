@@ -5,6 +5,7 @@ side in one run.
     ifp bench infer [section.key=value ...] [--sizes 2m 50m] [--no-peer] [--json]
     ifp bench data [--gb 2] [--workers 0 1 2] [--prepare-processes N] [--json]
     ifp bench ckpt [--gb 2] [--storage disk bucket] [--repeats 3] [--json]
+    ifp bench eval [EXPERIMENT] [section.key=value ...] [--batch-size 256] [--mask M] [--json]
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="applied to every size's config, e.g. model.tie_embeddings=true")
     i.add_argument("--sizes", nargs="+", default=["2m", "50m"],
-                   help="model sizes among 2m, 50m, 200m (default: 2m 50m)")
+                   help="model sizes among 2m, 50m, 135m (SmolLM2-135M's shape), 200m "
+                        "(default: 2m 50m)")
     i.add_argument("--prompt-len", type=int, default=512)
     i.add_argument("--new-tokens", type=int, default=128)
     i.add_argument("--keep-frac", type=float, default=0.25,
@@ -78,7 +80,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     _add_bench_data_parser(bsub)
     _add_bench_ckpt_parser(bsub)
+    _add_bench_eval_parser(bsub)
     return bench
+
+
+def _cmd_bench_eval(args) -> None:
+    from ifp_jax.benchmarks.eval_bench import format_report, run_eval_bench
+    from ifp_jax.commands.resolve import optional_name, resolve
+    experiment, overrides = optional_name(args.experiment, args.overrides,
+                                          default="tiny_multiskill")
+    result = run_eval_bench(resolve(experiment, overrides), batch_size=args.batch_size,
+                            mask=args.mask)
+    print(json.dumps(result, indent=2) if args.json else format_report(result), flush=True)
+
+
+def _add_bench_eval_parser(bench_subparsers) -> None:
+    e = bench_subparsers.add_parser(
+        "eval", help="examples/s of a run's held-out evaluation (exact match, KV-cache greedy)",
+        description="Evaluates random weights of an experiment's shape (train.init_llm_from="
+                    "IMPORT_DIR takes an imported model's) on its mixture's instruction tasks, "
+                    "twice in one process: the first call compiles, the second is what each "
+                    "later evaluation of a run costs. Progress goes to stderr.")
+    e.add_argument("experiment", nargs="?", default=None,
+                   help="registered experiment (default: tiny_multiskill)")
+    e.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="e.g. data.eval_examples_per_task=32")
+    e.add_argument("--batch-size", type=int, default=256, help="rows per batch (evaluate's)")
+    e.add_argument("--mask", choices=["per-input", "dense"], default="per-input",
+                   help="per-input: the predictor selects each example's mask; dense: none")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_cmd_bench_eval)
 
 
 def _cmd_bench_ckpt(args) -> None:

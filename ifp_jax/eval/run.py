@@ -8,9 +8,11 @@ held-out 'validation' (default) or 'train'.
 Results go to DIR/eval_<mask>_<eval mask>.json (e.g. eval_per-task_lambda.json), or
 DIR/eval_<mask>_<eval mask>_<split>.json for a split other than 'validation' (e.g.
 eval_dense_lambda_train.json), so evaluations sit side by side; `--json` prints the same object
-on stdout. Values that are not finite (`mean` of a mixture with no instruction task) are written
-as null. Masked evaluations also write the mask analysis (eval/mask_analysis.py) of the
-instruction tasks' masks to DIR/masks_<mask>_<eval mask>[_<split>]/.
+on stdout, with the examples scored per task (`examples`) and whether the time bound
+`data.eval_max_seconds` cut the evaluation short (`partial`). Values that are not finite
+(`mean` of a mixture with no instruction task) are written as null. Masked evaluations also
+write the mask analysis (eval/mask_analysis.py) of the instruction tasks' masks to
+DIR/masks_<mask>_<eval mask>[_<split>]/.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def evaluate_workdir(workdir: str, *, mask: str | None = None, eval_mask: str | 
     record = {"workdir": paths.absolute(workdir), "step": step, "mask": mask,
               "eval_mask": cfg.pruning.eval_mask, "split": split, "per_task": result.per_task,
               "mean": result.mean, "perplexity": result.perplexity,
-              "mask_stats": result.mask_stats,
+              "mask_stats": result.mask_stats, "examples": result.examples,
+              "partial": result.partial,
               "samples": {k: [list(s) for s in v] for k, v in result.samples.items()}}
     if jax.process_index() == 0:
         if result.kept is not None:
@@ -131,6 +134,10 @@ def evaluate_workdir(workdir: str, *, mask: str | None = None, eval_mask: str | 
         elif verbose:
             print(f"{workdir} @ step {step}, mask={mask}, eval_mask={cfg.pruning.eval_mask}, "
                   f"split={split}")
+            if result.partial:
+                print(f"  PARTIAL (data.eval_max_seconds={cfg.data.eval_max_seconds:g}): "
+                      + ", ".join(f"{k} {n}" for k, n in result.examples.items())
+                      + " examples")
             if result.per_task:
                 print("  exact match")
             for name, em in result.per_task.items():

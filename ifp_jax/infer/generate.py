@@ -64,14 +64,16 @@ def pad_prompts(prompts: Sequence[Sequence[int]] | tuple[Any, Any]) -> tuple[np.
 def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, *,
                 mask: jax.Array | None, key: jax.Array, num_steps: jax.Array | int, eos_id,
                 temperature, top_p, out_len: int, cache_len: int, method: str,
-                dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
+                dtype: Any = jnp.float32, row_limit: jax.Array | None = None
+                ) -> tuple[jax.Array, jax.Array]:
     """Prefill + up to num_steps tokens (traceable; `generate` jits it, eval calls it in its jit).
 
     tokens [B, T] right-padded, lengths [B]; needs num_steps <= out_len and cache_len >=
     T + num_steps - 1. Token i is sampled with fold_in(key, i) (so `stream` reproduces it). A row
-    that has emitted eos_id gets pad 0 from then on; the loop stops when every row has, or after
-    num_steps. Returns (tokens [B, out_len] int32, zeros from num_steps on; per-row count [B] of
-    generated tokens including the EOS).
+    that has emitted eos_id, or row_limit[b] tokens (row_limit [B] >= 1, optional), gets pad 0
+    from then on; the loop stops when every row has, or after num_steps. Returns (tokens
+    [B, out_len] int32, zeros from num_steps on; per-row count [B] of generated tokens including
+    the EOS: its max is the number of tokens the loop ran for).
     """
     p = inference_params(params, cfg, dtype)  # outside the loop: stacked/cast once
     b = tokens.shape[0]
@@ -80,7 +82,9 @@ def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.A
     logits, cache = prefill(p, cfg, tokens, lengths, mask=mask, cache_len=cache_len, dtype=dtype)
     first = choose(logits, 0)
     out = jnp.zeros((b, out_len), jnp.int32).at[:, 0].set(first)
-    carry = (jnp.int32(1), first, cache, first == eos_id, out, jnp.ones((b,), jnp.int32))
+    ones = jnp.ones((b,), jnp.int32)
+    full = (lambda count: False) if row_limit is None else (lambda count: count >= row_limit)
+    carry = (jnp.int32(1), first, cache, (first == eos_id) | full(ones), out, ones)
 
     def cond(c):
         i, _, _, done, _, _ = c
@@ -91,7 +95,8 @@ def decode_loop(params: Any, cfg: ModelConfig, tokens: jax.Array, lengths: jax.A
         logits, cache = decode_step(p, cfg, tok, cache, mask=mask, dtype=dtype)
         nxt = jnp.where(done, 0, choose(logits, i))
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, i))
-        return i + 1, nxt, cache, done | (nxt == eos_id), out, count + (~done).astype(jnp.int32)
+        count = count + (~done).astype(jnp.int32)
+        return i + 1, nxt, cache, done | (nxt == eos_id) | full(count), out, count
 
     _, _, _, _, out, count = jax.lax.while_loop(cond, body, carry)
     return out, count
@@ -189,21 +194,29 @@ def prompt_only_inputs(decoder_input_tokens: jax.Array, loss_weights: jax.Array)
 
 
 def greedy_continuation(params: Any, cfg: ModelConfig, inputs: jax.Array, start: jax.Array, *,
-                        num_steps: int, mask: jax.Array | None,
-                        dtype: Any = jnp.float32) -> jax.Array:
-    """`greedy_decode_full`'s contract and tokens, over the KV cache (traceable).
+                        num_steps: int, mask: jax.Array | None, eos_id: int | jax.Array = NO_EOS,
+                        prompt_len: int | None = None, dtype: Any = jnp.float32
+                        ) -> tuple[jax.Array, jax.Array]:
+    """`greedy_decode_full`'s contract and tokens up to each row's EOS, over the KV cache
+    (traceable).
 
     inputs [B, T] from `prompt_only_inputs`, start [B] the last prompt position, num_steps
-    static -> [B, num_steps]. The reference cannot write past position T - 1: from there it
-    repeats the token read at T - 1, and so does this (the cache itself has room for all steps).
+    static -> (tokens [B, num_steps], count [B] of tokens each row decoded). The reference cannot
+    write past position T - 1: from there it repeats the token read at T - 1, and so does this
+    (the cache itself has room for all steps). A row stops at its EOS (then pad 0: a prediction
+    ends at its EOS either way) or once it reaches T - 1, and the loop when every row has.
+    prompt_len (static; > every start): prefill only inputs[:, :prompt_len], not the T - 1 - start
+    positions after each prompt that the decoding overwrites anyway.
     """
     t = inputs.shape[1]
-    out, _ = decode_loop(params, cfg, inputs, start + 1, mask=mask, key=jax.random.key(0),
-                         num_steps=num_steps, eos_id=NO_EOS, temperature=0.0, top_p=1.0,
-                         out_len=num_steps, cache_len=t + num_steps, method="greedy",
-                         dtype=dtype)
-    last = (t - 1 - start)[:, None]  # the step whose logits come from position T - 1
-    return jnp.take_along_axis(out, jnp.minimum(jnp.arange(num_steps)[None], last), axis=1)
+    last = t - 1 - start  # the step whose logits come from position T - 1
+    prompts = inputs[:, :prompt_len] if prompt_len else inputs
+    out, count = decode_loop(params, cfg, prompts, start + 1, mask=mask, key=jax.random.key(0),
+                             num_steps=num_steps, eos_id=eos_id, temperature=0.0, top_p=1.0,
+                             out_len=num_steps, cache_len=prompts.shape[1] + num_steps,
+                             method="greedy", dtype=dtype, row_limit=last + 1)
+    clamped = jnp.minimum(jnp.arange(num_steps)[None], last[:, None])
+    return jnp.take_along_axis(out, clamped, axis=1), count
 
 
 def greedy_decode_full(logits_fn: Callable[[jax.Array], jax.Array], inputs: jax.Array,

@@ -28,8 +28,8 @@ PREDICTOR = PredictorConfig(
                          head_dim=32, d_ffn=256, max_len=128),
     head_hidden=128, max_prompt_len=64)
 KEEP_K = MODEL.d_ffn // 2
-CPT_STEPS = 60
-SFT_STEPS = 150
+CPT_STEPS = 30
+SFT_STEPS = 90
 
 
 def _base(name: str, mixture: str, steps: int, data: dict, lr_llm: float) -> ExperimentConfig:
@@ -40,7 +40,7 @@ def _base(name: str, mixture: str, steps: int, data: dict, lr_llm: float) -> Exp
         pruning=PruningConfig(mode="soft", keep_k=KEEP_K, temperature_start=1.0,
                               temperature_end=0.1, temperature_anneal_steps=steps,
                               balance_weight=1.0, eval_mask="lambda"),
-        data=DataConfig(mixture=mixture, global_batch_size=8, eval_examples_per_task=32,
+        data=DataConfig(mixture=mixture, global_batch_size=8, eval_examples_per_task=20,
                         **data),
         # A pretrained LLM moves little (lr 1e-4 .. 3e-4); the predictor starts from scratch.
         optimizer=OptimizerConfig(lr_llm=lr_llm, lr_predictor=1e-3,

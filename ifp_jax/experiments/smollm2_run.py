@@ -126,6 +126,10 @@ def run_smollm2(workdir: str, overrides: list[str] | None = None, *, gguf: str |
         rec = _evaluate(final[arm], mask, None)
         rows[label] = {"per_task": rec["per_task"], "mean": rec["mean"]}
         log(f"    mean exact match {rec['mean']:.3f} ({time.time() - t0:.0f} s)")
+    if llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        log("[ifp] llama-cpp-python is not installed (pip install llama-cpp-python): the "
+            "llama.cpp rows are skipped")
+        llama_cpp = False
     report = {"d_ffn": f, "rows": rows, "stages": trained["stages"],
               "overrides": overrides, "reduced": reduced}
     from ifp_jax.experiments.smollm2_serve import export_and_serve

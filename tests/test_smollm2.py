@@ -74,3 +74,24 @@ def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
         assert report["agreement_met"], report["agreement"]
     text = open(tmp_path / "report.md").read()
     assert "IFP per task, k = F/2" in text and os.path.exists(tmp_path / "report.png")
+
+
+def test_llama_cpp_scores_an_exported_task_model_like_the_masked_model(tmp_path):
+    """A tiny IFP run exported for a task: llama.cpp, given the evaluation's prompts, decodes
+    the masked model's greedy answers (its `ifp eval --mask per-task` samples) exactly."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from ifp_jax.eval.run import evaluate_workdir
+    from ifp_jax.export.run import export_workdir
+    from ifp_jax.experiments.smollm2_llama_cpp import exact_match
+    from ifp_jax.train.loop import train
+    from tests.helpers import tiny_config
+    cfg = tiny_config(name="test_smol_lcpp", steps=6, mixture="ifp_multiskill")
+    workdir = str(tmp_path / "run")
+    train(cfg, workdir)
+    _, masked = evaluate_workdir(workdir, mask="per-task", verbose=False)
+    for task in ("ifp_skill_reverse", "ifp_skill_length"):
+        out = str(tmp_path / task)
+        export_workdir(workdir, out, task=task, formats=("gguf",), log=lambda m: None)
+        got = exact_match(os.path.join(out, "gguf", "model.gguf"), cfg, task)
+        assert got["samples"] == [tuple(s) for s in masked.samples[task]]
+        assert abs(got["exact_match"] - masked.per_task[task]) <= 0.01

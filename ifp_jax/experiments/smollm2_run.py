@@ -85,60 +85,69 @@ def stage_config(name: str, mode: str, keep_k: int, overrides: list[str], init_l
                                  init_predictor_from=init_predictor))
 
 
-def train_arms(workdir: str, imported: str, overrides: list[str], log=print) -> dict:
-    """{arm: final workdir}; every stage trained once (compare.py's _train_stage)."""
-    f = experiments.get(SFT).model.d_ffn
-    # In the order the report needs them: the bars use dense, IFP and static at F/2.
-    arms = {"dense": [(SFT, "dense", f)],
-            f"ifp_k{f // 2}": [(CPT, "soft", f // 2), (SFT, "soft", f // 2)],
-            f"static_k{f // 2}": [(CPT, "static", f // 2), (SFT, "static", f // 2)],
-            f"ifp_k{f // 4}": [(CPT, "soft", f // 4), (SFT, "soft", f // 4)]}
-    out, records = {}, {}
-    for arm, stages in arms.items():
-        prev = ""
-        for name, mode, k in stages:
-            stage_dir = os.path.join(workdir, arm, "cpt" if name == CPT else "sft")
-            cfg = stage_config(name, mode, k, overrides, prev or imported, prev)
-            log(f"=== {arm}/{os.path.basename(stage_dir)} ({name}, mode {mode}, k {k}) ===")
-            records[f"{arm}/{os.path.basename(stage_dir)}"] = _train_stage(cfg, stage_dir)
-            prev = stage_dir
-        out[arm] = prev
-    return {"final": out, "stages": records, "d_ffn": f}
+def arm_plan(f: int) -> dict:
+    """{arm: ([(stage experiment, mode, k)], [(row label, ifp eval --mask)])}, in the order run:
+    the bars' arms (dense, IFP and static at F/2) first, so they are reported first."""
+    h, q = f // 2, f // 4
+    return {
+        "dense": ([(SFT, "dense", f)], [("dense after SFT", "dense")]),
+        f"ifp_k{h}": ([(CPT, "soft", h), (SFT, "soft", h)],
+                      [("IFP per input, k = F/2", "per-input"),
+                       ("IFP per task, k = F/2", "per-task")]),
+        f"static_k{h}": ([(CPT, "static", h), (SFT, "static", h)],
+                         [("static, k = F/2", "static")]),
+        f"ifp_k{q}": ([(CPT, "soft", q), (SFT, "soft", q)],
+                      [("IFP per input, k = F/4", "per-input"),
+                       ("IFP per task, k = F/4", "per-task")]),
+    }
+
+
+def train_arm(workdir: str, arm: str, stages: list, imported: str, overrides: list[str],
+              records: dict, log=print) -> str:
+    """Trains (or reuses, compare.py's _train_stage) the arm's stages; returns its last dir."""
+    prev = ""
+    for name, mode, k in stages:
+        stage_dir = os.path.join(workdir, arm, "cpt" if name == CPT else "sft")
+        cfg = stage_config(name, mode, k, overrides, prev or imported, prev)
+        log(f"=== {arm}/{os.path.basename(stage_dir)} ({name}, mode {mode}, k {k}) ===")
+        records[f"{arm}/{os.path.basename(stage_dir)}"] = _train_stage(cfg, stage_dir)
+        prev = stage_dir
+    return prev
 
 
 def run_smollm2(workdir: str, overrides: list[str] | None = None, *, gguf: str | None = None,
                 reduced: bool = False, export_tasks: int | None = None,
                 llama_cpp: bool = True, log=print) -> dict:
+    """Every arm trained and evaluated in turn (DIR/report.md rewritten after each), the F/2
+    IFP run exported and served once the bars' arms are done; returns the report."""
+    from ifp_jax.experiments.smollm2_report import write_report
     overrides = (REDUCED if reduced else []) + list(overrides or [])
-    os.makedirs(workdir, exist_ok=True)
-    imported = import_gguf(gguf or package_gguf(), os.path.join(workdir, "import"), log)
-    trained = train_arms(workdir, imported, overrides, log)
-    f, final = trained["d_ffn"], trained["final"]
-    half, quarter = f"ifp_k{f // 2}", f"ifp_k{f // 4}"
-    rows = {}
-    for label, arm, mask in (("dense after SFT", "dense", "dense"),
-                             ("IFP per input, k = F/2", half, "per-input"),
-                             ("IFP per task, k = F/2", half, "per-task"),
-                             ("static, k = F/2", f"static_k{f // 2}", "static"),
-                             ("IFP per input, k = F/4", quarter, "per-input"),
-                             ("IFP per task, k = F/4", quarter, "per-task")):
-        log(f"=== eval {label} ===")
-        t0 = time.time()
-        rec = _evaluate(final[arm], mask, None)
-        rows[label] = {"per_task": rec["per_task"], "mean": rec["mean"]}
-        log(f"    mean exact match {rec['mean']:.3f} ({time.time() - t0:.0f} s)")
     if llama_cpp and importlib.util.find_spec("llama_cpp") is None:
         log("[ifp] llama-cpp-python is not installed (pip install llama-cpp-python): the "
             "llama.cpp rows are skipped")
         llama_cpp = False
-    report = {"d_ffn": f, "rows": rows, "stages": trained["stages"],
-              "overrides": overrides, "reduced": reduced}
-    from ifp_jax.experiments.smollm2_serve import export_and_serve
-    report.update(export_and_serve(workdir, final["dense"], final[half], rows,
-                                   export_tasks=export_tasks, llama_cpp=llama_cpp, log=log))
-    report["bars"] = [{"bar": f"{a} - {b} >= {t:+.2f}",
-                       "figure": rows[a]["mean"] - rows[b]["mean"],
-                       "met": rows[a]["mean"] - rows[b]["mean"] >= t} for a, b, t in BARS]
-    from ifp_jax.experiments.smollm2_report import write_report
-    write_report(workdir, report)
+    os.makedirs(workdir, exist_ok=True)
+    imported = import_gguf(gguf or package_gguf(), os.path.join(workdir, "import"), log)
+    f = experiments.get(SFT).model.d_ffn
+    report = {"d_ffn": f, "rows": {}, "stages": {}, "overrides": overrides, "reduced": reduced}
+    final = {}
+    for arm, (stages, evals) in arm_plan(f).items():
+        final[arm] = train_arm(workdir, arm, stages, imported, overrides, report["stages"], log)
+        for label, mask in evals:
+            log(f"=== eval {label} ===")
+            t0 = time.time()
+            rec = _evaluate(final[arm], mask, None)
+            report["rows"][label] = {"per_task": rec["per_task"], "mean": rec["mean"]}
+            log(f"    mean exact match {rec['mean']:.3f} ({time.time() - t0:.0f} s)")
+        if arm == f"static_k{f // 2}":  # the bars' arms are done: export, serve, bars
+            from ifp_jax.experiments.smollm2_serve import export_and_serve
+            report.update(export_and_serve(workdir, final["dense"], final[f"ifp_k{f // 2}"],
+                                           report["rows"], export_tasks=export_tasks,
+                                           llama_cpp=llama_cpp, log=log))
+            rows = report["rows"]
+            report["bars"] = [{"bar": f"{a} - {b} >= {t:+.2f}",
+                               "figure": rows[a]["mean"] - rows[b]["mean"],
+                               "met": rows[a]["mean"] - rows[b]["mean"] >= t}
+                              for a, b, t in BARS]
+        write_report(workdir, report, log=log)
     return report

@@ -45,7 +45,8 @@ def _base(name: str, mixture: str, steps: int, data: dict, lr_llm: float) -> Exp
         # A pretrained LLM moves little (lr 1e-4 .. 3e-4); the predictor starts from scratch.
         optimizer=OptimizerConfig(lr_llm=lr_llm, lr_predictor=1e-3,
                                   warmup_steps=max(1, steps // 10)),
-        checkpoint=CheckpointConfig(every_steps=steps, keep=1),
+        # Every 20 steps: a run killed on a shared host (OOM) loses little.
+        checkpoint=CheckpointConfig(every_steps=20, keep=1),
         train=TrainConfig(steps=steps, log_every=10),
     )
 

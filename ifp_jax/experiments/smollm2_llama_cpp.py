@@ -2,8 +2,9 @@
 
 The held-out examples are the ones `ifp eval` reads (pipeline.make_eval_examples on the run's
 data config): the same decoder prompt ids (BOS included, as the masked model saw them) go to
-llama.cpp, which decodes greedily until the vocabulary's EOS or the longest target; the text is
-decoded with the run's vocabulary and scored by the task's own metric function.
+llama.cpp, which decodes greedily until the vocabulary's EOS or as many tokens as `ifp eval`
+decodes (the longest target of all the evaluated tasks); the text is decoded with the run's
+vocabulary and scored by the task's own metric function.
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ def decoder_prompts(ex: dict) -> list[list[int]]:
     return out
 
 
-def exact_match(gguf_path: str, cfg: ExperimentConfig, task_name: str, llm=None) -> dict:
+def decode_steps(cfg: ExperimentConfig) -> int:
+    """The new tokens `ifp eval` decodes for every task: the longest target of all the
+    mixture's evaluated tasks (one batch program decodes them together)."""
+    from ifp_jax.data import pipeline
+    return max(int(np.asarray(pipeline.make_eval_examples(
+        cfg.data, cfg.predictor.max_prompt_len, name, cfg.data.eval_examples_per_task,
+        "validation")["decoder_loss_weights"]).sum(1).max())
+        for name in pipeline.eval_task_names(cfg.data))
+
+
+def exact_match(gguf_path: str, cfg: ExperimentConfig, task_name: str, llm=None,
+                max_new: int | None = None) -> dict:
     """{'exact_match', 'examples', 'samples'} of the GGUF model on `task_name`'s held-out split
     (cfg.data.eval_examples_per_task examples, as `ifp eval`)."""
     import seqio
@@ -57,7 +69,7 @@ def exact_match(gguf_path: str, cfg: ExperimentConfig, task_name: str, llm=None)
     ex = pipeline.make_eval_examples(cfg.data, cfg.predictor.max_prompt_len, task_name,
                                      cfg.data.eval_examples_per_task, "validation")
     vocab = get_vocabulary(cfg.data.vocabulary)
-    max_new = int(np.asarray(ex["decoder_loss_weights"]).sum(1).max())
+    max_new = max_new or decode_steps(cfg)
     preds = [_decode_text(vocab, np.asarray(_greedy(llm, p, max_new, vocab.eos_id), np.int32))
              for p in decoder_prompts(ex)]
     values = {}

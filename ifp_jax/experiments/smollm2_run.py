@@ -50,30 +50,13 @@ def package_gguf() -> str:
 
 
 def import_gguf(gguf: str, out: str, log=print) -> str:
-    """`out` as an import dir of the GGUF's model and tokenizer (transformers dequantises it to
-    an HF dir beside `out`, which `ifp import-hf` reads)."""
+    """`out` as the import dir of the GGUF's model and tokenizer (`ifp import-hf MODEL.gguf`:
+    dequantised by the gguf package, tokenizer rebuilt from the file)."""
     if os.path.exists(os.path.join(out, "ifp_import.json")):
         return out
-    hf_dir = out.rstrip("/") + "_hf"
-    if not os.path.exists(os.path.join(hf_dir, "config.json")):
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            import accelerate  # noqa: F401 - transformers' GGUF loading needs it
-        except ImportError:
-            raise ConfigError("reading a GGUF needs transformers and accelerate: pip install "
-                              "transformers accelerate gguf") from None
-        folder, name = os.path.split(os.path.abspath(gguf))
-        log(f"[ifp] dequantising {gguf} with transformers -> {hf_dir}")
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        # The weights are dequantised f32 now; without this save_pretrained refuses them.
-        model.hf_quantizer = None
-        del model.config.quantization_config
-        model.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        del model
     from ifp_jax.hf.import_hf import import_hf
-    import_hf(hf_dir, out)
+    log(f"[ifp] importing {gguf} -> {out}")
+    import_hf(gguf, out)
     return out
 
 

@@ -6,7 +6,6 @@ tests/test_generate.py checks its tokens against the full-recompute reference)."
 
 import io
 
-import jax
 import numpy as np
 import pytest
 

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 
-import numpy as np
 import pytest
 
 from ifp_jax.config import ConfigError, ExperimentConfig, replace

@@ -20,7 +20,6 @@ ahead of static.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 

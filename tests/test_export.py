@@ -123,7 +123,7 @@ def _scales(run, eval_mask):
 
 
 def test_gguf_export_reads_back_to_the_hf_tensors(run, exported):
-    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.gguf_file.gguf_writer import read_gguf
     from ifp_jax.hf.weights import hf_from_params
     eval_mask, out, meta = exported
     small_cfg, small, _ = load_exported(out)
@@ -164,7 +164,7 @@ def test_quantised_gguf_report_matches_transformers_on_the_read_back_file(run, t
     the f32 HF export vs transformers on the file's dequantised tensors, on the same texts."""
     pytest.importorskip("transformers")
     from ifp_jax.export.gguf_report import _batch
-    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.gguf_file.gguf_writer import read_gguf
     from ifp_jax.hf.weights import read_hf_checkpoint
     _, workdir, _, _ = run
     out = str(tmp_path / gguf_type)

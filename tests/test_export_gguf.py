@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ifp_jax.config import ConfigError
-from ifp_jax.export.gguf_writer import (byte_vocab_tokens, gguf_tensor_name, permute_qk,
+from ifp_jax.gguf_file.gguf_writer import (byte_vocab_tokens, gguf_tensor_name, permute_qk,
                                         read_gguf, unpermute_qk, write_gguf)
 
 torch = pytest.importorskip("torch")

@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ifp_jax.config import ConfigError
-from ifp_jax.export.gguf_writer import write_gguf
+from ifp_jax.gguf_file.gguf_writer import write_gguf
 from ifp_jax.hf import imported
 from ifp_jax.hf.gguf_tokenizer import hf_tokenizer_files
 from ifp_jax.hf.import_hf import import_hf

@@ -52,7 +52,7 @@ def test_llama_cpp_prompts_are_the_decoder_prompts_of_generation():
 def test_serving_half_exports_per_task_and_times_decode(tmp_path):
     """export_and_serve on a tiny IFP run: one GGUF + orbax export per task with k units, the
     run's full decoder as the dense export, decode rates of both, and the report files."""
-    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.gguf_file.gguf_writer import read_gguf
     from ifp_jax.experiments.smollm2_report import write_report
     from ifp_jax.experiments.smollm2_serve import export_and_serve
     from ifp_jax.train.loop import train
@@ -94,7 +94,7 @@ def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
         assert len(row["per_task"]) == 11  # the 11 embedded skills
         assert 0.0 <= row["mean"] <= 1.0
     for task, out in report["exports"].items():
-        from ifp_jax.export.gguf_writer import read_gguf
+        from ifp_jax.gguf_file.gguf_writer import read_gguf
         meta = json.load(open(os.path.join(out, "export.json")))
         assert meta["task"] == task
         cfg, tensors, _, _ = read_gguf(os.path.join(out, "gguf", "model.gguf"))

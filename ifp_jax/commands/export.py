@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
+from ifp_jax.gguf_file.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from ifp_jax.export.run import FORMATS
 
 

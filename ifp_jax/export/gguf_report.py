@@ -1,6 +1,6 @@
 """What a written GGUF costs: its size, and how far its (dequantised) weights move the logits.
 
-The file is read back as llama.cpp would see its weights (export/gguf_writer.read_gguf: every
+The file is read back as llama.cpp would see its weights (gguf_file/gguf_writer.read_gguf: every
 tensor dequantised by the gguf package, q/k un-permuted), turned into our params and run through
 our own decoder next to the f32 params it was written from, on a few fixed texts (and the
 selection text). An f32 file reads back bit-exact, so its figures are 0 and 1.0.
@@ -40,7 +40,7 @@ def gguf_logit_report(path: str, gguf_type: str, cfg, params: dict, vocabulary: 
     for the GGUF at `path`, written from `params` (numpy f32, our layout, ModelConfig `cfg`)."""
     import jax
     import jax.numpy as jnp
-    from ifp_jax.export.gguf_writer import read_gguf
+    from ifp_jax.gguf_file.gguf_writer import read_gguf
     from ifp_jax.hf.weights import params_from_hf
     from ifp_jax.model.decoder import Decoder
     _, tensors, _, _ = read_gguf(path)

@@ -22,7 +22,7 @@ import os
 
 from ifp_jax.config import ConfigError, load_workdir_config
 from ifp_jax.data.skills import task_instruction
-from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
+from ifp_jax.gguf_file.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from ifp_jax.storage import paths, staging
 
 FORMATS = ("hf", "orbax", "gguf")
@@ -123,7 +123,7 @@ def write_formats(out: str, *, cfg, params: dict, vocabulary: str, meta: dict,
         with open(os.path.join(hf_dir, "ifp_export.json"), "w") as f:
             json.dump(meta, f, indent=2)
     if "gguf" in formats:
-        from ifp_jax.export.gguf_writer import write_gguf
+        from ifp_jax.gguf_file.gguf_writer import write_gguf
         from ifp_jax.export.gguf_report import gguf_logit_report
         path = os.path.join(out, "gguf", "model.gguf")
         os.makedirs(os.path.join(out, "gguf"), exist_ok=True)

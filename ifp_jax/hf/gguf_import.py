@@ -1,8 +1,8 @@
 """A llama.cpp GGUF (arch llama) as the pieces of a Hugging Face checkpoint directory, for
 `ifp import-hf MODEL.gguf`: config.json dict, HF tensors (f32) and tokenizer files.
 
-Tensors are dequantised by the gguf package (export/gguf_quant.decode), renamed to HF and their
-q/k rows un-permuted (export/gguf_writer.read_gguf). The tokenizer is rebuilt from the
+Tensors are dequantised by the gguf package (gguf_file/gguf_quant.decode), renamed to HF and their
+q/k rows un-permuted (gguf_file/gguf_writer.read_gguf). The tokenizer is rebuilt from the
 tokenizer.ggml.* keys (hf/gguf_tokenizer.py); a GGUF the project wrote with the byte vocabulary
 (tokenizer model "llama" with exactly our byte tokens) imports as the "byte" vocabulary.
 """
@@ -22,7 +22,7 @@ def is_gguf(src: str) -> bool:
 def read_gguf_checkpoint(path: str) -> tuple[dict, dict[str, np.ndarray], dict | None]:
     """A local .gguf -> (LlamaConfig dict, {HF name: f32 array}, {file name: contents} of its HF
     tokenizer, or None for the byte vocabulary)."""
-    from ifp_jax.export.gguf_writer import ARCH, byte_vocab_tokens, read_gguf
+    from ifp_jax.gguf_file.gguf_writer import ARCH, byte_vocab_tokens, read_gguf
     from ifp_jax.hf.gguf_tokenizer import hf_tokenizer_files
     try:
         reader = gguf.GGUFReader(path)

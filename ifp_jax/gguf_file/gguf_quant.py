@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from ifp_jax.config import ConfigError
-from ifp_jax.export.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES  # noqa: F401
+from ifp_jax.gguf_file.gguf_types import DEFAULT_GGUF_TYPE, GGUF_TYPES  # noqa: F401
 
 Q = gguf.GGMLQuantizationType
 FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 
 from ifp_jax.config import ConfigError
-from ifp_jax.export import gguf_quant
+from ifp_jax.gguf_file import gguf_quant
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]  # "llama"
 _T = gguf.MODEL_TENSOR
@@ -70,7 +70,7 @@ def write_gguf(path: str, hf_config: dict, tensors: dict, tokenizer: str, metada
     tokenizer: 'byte' (seqio ByteVocabulary) or the path of a tokenizer.json with a BPE model.
     metadata: written as "ifp.<key>" (str, bool, int, float, lists of those, lists of int lists).
     dtype: one of gguf_quant.GGUF_TYPES, 'f32', 'f16', 'q8_0' or 'q4_0' (norms stay f32; the
-    per-tensor choice and fallbacks are llama.cpp's, see export/gguf_quant.py).
+    per-tensor choice and fallbacks are llama.cpp's, see gguf_file/gguf_quant.py).
     bpe_pre: llama.cpp's pre-tokenizer name for a BPE tokenizer.json whose pre-tokenizer is not
     recognised (GPT-2 and Llama-3 ones are).
     The file appears whole or not at all (written beside `path`, then renamed).

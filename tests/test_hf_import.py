@@ -378,6 +378,18 @@ def test_train_from_an_import(tmp_path):
         first = next(json.loads(line) for line in f if "loss" in line)
     np.testing.assert_allclose(first["loss"], (ce * w).sum() / w.sum(), rtol=1e-4)
 
+    # A stage chained from this run (CPT -> SFT) keeps the import's tokenizer and architecture:
+    # the experiment's default byte vocabulary would feed the BPE model byte ids.
+    chained = tiny_config(name="chained", mode="soft", steps=1, mixture="ifp_skill_reverse")
+    chained = replace(chained, train=replace(chained.train, init_llm_from=workdir))
+    assert chained.data.vocabulary == "byte"
+    after = imported.adopt_imports(chained)
+    assert after.data.vocabulary == os.path.join(imp, "tokenizer.json")
+    assert (after.model.d_ffn, after.model.vocab_size, after.model.rope_theta) == (96, 320, 5e5)
+    np.testing.assert_array_equal(
+        pipeline.make_train_batches(after.data, cfg.predictor.max_prompt_len).batch_at(0)[
+            "decoder_target_tokens"], batch["decoder_target_tokens"])
+
 
 def test_an_import_into_a_bucket_restores_the_same_params(models, bucket):
     """`ifp import-hf --out gs://...`: uploaded with its marker last; params read by orbax from

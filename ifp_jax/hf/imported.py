@@ -135,12 +135,36 @@ def _adopt(mc: ModelConfig, imported: ModelConfig) -> ModelConfig:
     return dataclasses.replace(mc, **{f: getattr(imported, f) for f in ARCH_FIELDS})
 
 
+def _source_run_config(path: str) -> ExperimentConfig | None:
+    """The config of the `ifp train` run in `path`, or None when `path` is no run workdir."""
+    from ifp_jax import workdir as workdir_lib
+    if not path or not paths.exists(workdir_lib.config_path(path)):
+        return None
+    return config_lib.load_workdir_config(path)
+
+
 def adopt_imports(cfg: ExperimentConfig) -> ExperimentConfig:
     """`cfg` with the architecture and vocabulary of its train.init_llm_from /
-    train.init_predictor_from when those are import dirs (unchanged otherwise)."""
+    train.init_predictor_from when those are import dirs or run workdirs (unchanged otherwise).
+
+    A run carries them on: a stage chained from a stage that started from an import reads the
+    import's tokenizer too (without this it fell back to the experiment's default vocabulary,
+    and an SFT after a CPT fed a BPE model byte ids)."""
     t = cfg.train
     model, predictor, data = cfg.model, cfg.predictor, cfg.data
     sources = []
+    llm_run = None if is_import_dir(t.init_llm_from) else _source_run_config(t.init_llm_from)
+    if llm_run is not None:
+        model = _adopt(model, llm_run.model)
+        data = dataclasses.replace(data, vocabulary=llm_run.data.vocabulary)
+        sources.append(t.init_llm_from)
+    pred_run = (None if is_import_dir(t.init_predictor_from)
+                else _source_run_config(t.init_predictor_from))
+    if pred_run is not None:
+        predictor = dataclasses.replace(
+            predictor, backbone=_adopt(predictor.backbone, pred_run.predictor.backbone))
+        data = dataclasses.replace(data, predictor_vocabulary=pred_run.data.predictor_vocabulary)
+        sources.append(t.init_predictor_from)
     if is_import_dir(t.init_llm_from):
         meta, imported = load_import(t.init_llm_from)
         if meta["kind"] != "llm":

@@ -98,6 +98,16 @@ class PruningConfig:
     # Evaluation mask: 'hard' = 0/1 top-k; 'lambda' = lambda * TopK (free at inference: it scales
     # rows of W_down). 'static' mode uses learned input-independent scores for both.
     eval_mask: Literal["hard", "lambda"] = "lambda"
+    # Where the selection scores start (train/init_scores.py). 'random': the predictor's own
+    # init, whose first masks drop a random k-subset (on a pretrained LLM that breaks it: at
+    # k = F/2 SmolLM2-135M's held-out loss goes from 2.9 to 9.9). 'activation': the predictor
+    # head's bias and the static scores start at init_scores_scale x the per-layer z-score of
+    # log mean |silu(gate) * up| of each unit over the stage's first init_scores_tokens training
+    # tokens, so the first masks keep the units the LLM uses most (4.2). Applied at a fresh
+    # start only: never on resume, nor when the predictor comes from a run.
+    init_scores: Literal["random", "activation"] = "random"
+    init_scores_scale: float = 3.0
+    init_scores_tokens: int = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,13 +260,14 @@ _SHAPE_MINIMUMS = {"vocab_size": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "
                    "head_dim": 2, "d_ffn": 1, "max_len": 1, "scan_unroll": 0}
 _MINIMUMS = {"predictor.head_hidden": 1, "predictor.max_prompt_len": 1,
              "pruning.bisection_iters": 1, "pruning.temperature_anneal_steps": 0,
+             "pruning.init_scores_tokens": 1,
              "data.seq_len": 1, "data.global_batch_size": 1, "data.cpt_chunk_len": 1,
              "data.eval_examples_per_task": 1, "optimizer.warmup_steps": 0, "train.steps": 0,
              "train.log_every": 1, "train.eval_every": 0, "checkpoint.every_steps": 1,
              "checkpoint.keep": 1, "mesh.dcn_data": 1}
 # Rates and temperatures: a NaN or a negative value trains nothing useful (or divides by zero).
 _POSITIVE_FLOATS = ("pruning.temperature_start", "pruning.temperature_end",
-                   "checkpoint.lock_stale_minutes")
+                    "pruning.init_scores_scale", "checkpoint.lock_stale_minutes")
 _NON_NEGATIVE_FLOATS = ("optimizer.lr_llm", "optimizer.lr_predictor", "optimizer.weight_decay",
                         "optimizer.grad_clip_norm", "pruning.balance_weight",
                         "checkpoint.every_minutes", "data.eval_max_seconds")

@@ -167,3 +167,21 @@ def test_bad_values_get_one_line(override, fix):
         apply_overrides(tiny_config(), [override])
     assert fix in str(err.value) and "\n" not in str(err.value)
 
+
+
+def test_sharded_initialisation_equals_unsharded(tmp_path):
+    """Through the loop (train.steps=0): on a data x fsdp x tensor mesh of 8 devices the scores
+    are those of one device (the sums run over the global batch, each device its rows)."""
+    from ifp_jax.config import MeshConfig
+    cfg = tiny_config(steps=0)
+    cfg = replace(cfg, pruning=replace(cfg.pruning, init_scores="activation",
+                                       init_scores_tokens=2048))
+    one = train(cfg, str(tmp_path / "one"))
+    eight = train(replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2)), str(tmp_path / "eight"))
+    assert len(eight.params["static_scores"].sharding.device_set) == 8
+    for path in init_scores.SCORE_PATHS:
+        a, b = one.params, eight.params
+        for key in path:
+            a, b = a[key], b[key]
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
+    assert np.asarray(one.params["static_scores"]).std() > 1.0  # set, not the 0.01 init

@@ -30,6 +30,8 @@ def test_the_pair_is_registered_with_smollm2s_shape():
         cfg = experiments.get(name)
         assert (cfg.model.d_ffn, cfg.model.n_layers, cfg.model.d_model) == (1536, 30, 576)
         assert cfg.pruning.keep_k == 768
+        # From a pretrained LLM the first masks must keep its most used units, not a random half.
+        assert cfg.pruning.init_scores == "activation"
 
 
 def test_llama_cpp_prompts_are_the_decoder_prompts_of_generation():
@@ -62,8 +64,9 @@ def test_serving_half_exports_per_task_and_times_decode(tmp_path):
     train(cfg, run)
     rows = {"IFP per task, k = F/2": {"per_task": {"ifp_skill_reverse": 0.0,
                                                    "ifp_skill_sort": 0.0}, "mean": 0.0}}
-    out = export_and_serve(str(tmp_path), run, run, rows, export_tasks=None, llama_cpp=False,
-                           log=lambda m: None)
+    has_llama = importlib.util.find_spec("llama_cpp") is not None
+    out = export_and_serve(str(tmp_path), run, run, rows, export_tasks=None,
+                           llama_cpp=has_llama, log=lambda m: None)
     assert sorted(out["exports"]) == ["ifp_skill_reverse", "ifp_skill_sort"]
     for task, path in out["exports"].items():
         hf_cfg, _, meta, _ = read_gguf(os.path.join(path, "gguf", "model.gguf"))
@@ -71,8 +74,16 @@ def test_serving_half_exports_per_task_and_times_decode(tmp_path):
         assert os.path.isdir(os.path.join(path, "orbax"))
     dense_cfg, _, _, _ = read_gguf(str(tmp_path / "dense_export" / "gguf" / "model.gguf"))
     assert dense_cfg["intermediate_size"] == cfg.model.d_ffn
-    assert set(out["decode_tokens_per_s"]) == {"ifp generate, dense",
-                                               "ifp generate, pruned (k = F/2)"}
+    speeds = {"ifp generate, dense", "ifp generate, pruned (k = F/2)"}
+    if has_llama:  # f32 per-task GGUFs (the agreement), q8_0 ones (what a user serves) timed too
+        speeds |= {f"llama.cpp, {m}, {t}" for m in ("dense", "pruned (k = F/2)")
+                   for t in ("f32", "q8_0")}
+        q = out["quantised"]
+        assert q["type"] == "q8_0" and q["task"] in out["exports"]
+        assert 0 <= q["exact_match"] <= 1
+        assert q["file_bytes"]["pruned"] < q["file_bytes"]["pruned f32"] / 2
+        assert set(out["agreement"]) == set(out["exports"])
+    assert set(out["decode_tokens_per_s"]) == speeds
     assert all(v > 0 for v in out["decode_tokens_per_s"].values())
     report = {"d_ffn": cfg.model.d_ffn, "rows": rows, "stages": {}, "reduced": True,
               "bars": [], **out}
@@ -122,7 +133,8 @@ def test_llama_cpp_scores_an_exported_task_model_like_the_masked_model(tmp_path)
     _, masked = evaluate_workdir(workdir, mask="per-task", verbose=False)
     for task in ("ifp_skill_reverse", "ifp_skill_length"):
         out = str(tmp_path / task)
-        export_workdir(workdir, out, task=task, formats=("gguf",), log=lambda m: None)
+        export_workdir(workdir, out, task=task, formats=("gguf",), gguf_type="f32",
+                       log=lambda m: None)
         got = exact_match(os.path.join(out, "gguf", "model.gguf"), cfg, task)
         assert got["samples"] == [tuple(s) for s in masked.samples[task]]
         assert abs(got["exact_match"] - masked.per_task[task]) <= 0.01

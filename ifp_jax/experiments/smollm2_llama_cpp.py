@@ -17,13 +17,46 @@ from ifp_jax.config import ConfigError, ExperimentConfig
 
 
 def open_llama(gguf_path: str):
-    """A llama.cpp model on the CPU's cores (one-line error naming the install when absent)."""
+    """A llama.cpp model on the CPU's cores (one-line error naming the install when absent).
+
+    On a CPU with AMX the model is loaded without llama.cpp's extra CPU buffer types (AMX and
+    repacked weights): on this project's VM (AMX advertised), llama-cpp-python 0.3.36 built
+    native dies with a general protection fault in its AMX matmul on the first evaluation of
+    any quantised model, the package's own SmolLM2 Q4_1 included (Q4_1 has no other repacked
+    form, so it is AMX). f32 and f16 never use these types; quantised ones then run llama.cpp's
+    plain AVX-512 kernels."""
     try:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp import llama as llama_module
     except ImportError:
         raise ConfigError("llama.cpp evaluation needs llama-cpp-python: pip install "
                           "llama-cpp-python (or pass --no-llama-cpp)") from None
-    return Llama(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False, seed=0)
+    if not cpu_has_amx():
+        return llama_cpp.Llama(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False,
+                               seed=0)
+    # Llama() builds its model params from this function and has no argument for the field.
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffer_types():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    llama_module.llama_cpp.llama_model_default_params = without_extra_buffer_types
+    try:
+        return llama_cpp.Llama(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False,
+                               seed=0)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = defaults
+
+
+def cpu_has_amx() -> bool:
+    """Whether /proc/cpuinfo lists an AMX feature (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_" in line for line in f)
+    except OSError:
+        return False
 
 
 def _greedy(llm, prompt: list[int], max_new: int, eos_id: int) -> list[int]:

@@ -24,11 +24,19 @@ def format_markdown(report: dict) -> str:
     if lcpp:
         cells = [f"{lcpp[t]['exact_match']:.3f}" if t in lcpp else "-" for t in tasks]
         mean = sum(v["exact_match"] for v in lcpp.values()) / len(lcpp)
-        lines.append(f"| exported per-task GGUF in llama.cpp, k = F/2 | " + " | ".join(cells)
+        kind = report.get("gguf_type", "")
+        lines.append(f"| exported per-task {kind} GGUF in llama.cpp, k = F/2 | "
+                     + " | ".join(cells)
                      + f" | **{mean:.3f}** ({len(lcpp)} tasks) |")
         worst = max(report["agreement"].values())
         lines += ["", f"llama.cpp vs the masked model per task: largest difference {worst:.3f} "
                       f"(target <= 0.01: {'met' if report['agreement_met'] else 'NOT met'})."]
+        if "quantised" in report:
+            q = report["quantised"]
+            sizes = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in q["file_bytes"].items())
+            lines += ["", f"Quantised ({q['type']}) in llama.cpp, {q['task']}: exact match "
+                          f"{q['exact_match']:.3f} (masked model {q['masked']:.3f}); GGUF sizes: "
+                          f"{sizes}."]
     else:
         lines += ["", "llama.cpp: not run (llama-cpp-python not installed, or --no-llama-cpp)."]
     lines += ["", "| decode at batch 1 | tokens/s |", "|---|---|"]

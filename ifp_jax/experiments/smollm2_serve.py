@@ -10,9 +10,15 @@ import time
 
 DECODE_TOKENS = 64
 SPEED_PROMPT = "reverse abcdefgh ="
+# The per-task GGUFs that llama.cpp must score like the masked model are f32: the same weights.
+# (At f16, rounding flipped one greedy answer of 220: sort 0.05 vs 0.10.) What a user would
+# serve is quantised: the first task and the dense model are also written at QUANTISED_TYPE,
+# scored and timed in llama.cpp beside them.
+AGREEMENT_TYPE = "f32"
+QUANTISED_TYPE = "q8_0"
 
 
-def export_dense(dense_dir: str, out: str, log=print) -> str:
+def export_dense(dense_dir: str, out: str, gguf_type: str = AGREEMENT_TYPE, log=print) -> str:
     """The dense SFT model written as orbax + GGUF (no selection: every unit kept)."""
     if os.path.exists(os.path.join(out, "gguf", "model.gguf")):
         return out
@@ -26,7 +32,7 @@ def export_dense(dense_dir: str, out: str, log=print) -> str:
     shutil.rmtree(tmp, ignore_errors=True)  # a crashed earlier attempt
     write_formats(tmp, cfg=cfg.model, params=decoder, vocabulary=cfg.data.vocabulary,
                   meta={"source_workdir": os.path.abspath(dense_dir), "kind": "dense"},
-                  formats=("orbax", "gguf"))
+                  formats=("orbax", "gguf"), gguf_type=gguf_type)
     os.replace(tmp, out)
     log(f"[ifp] dense model -> {out}")
     return out
@@ -51,25 +57,25 @@ def export_and_serve(workdir: str, dense_dir: str, ifp_dir: str, rows: dict, *,
     """Exports `ifp_dir` per task; returns {'llama_cpp': {task: record}, 'agreement': ...,
     'decode_tokens_per_s': {...}} (llama.cpp parts empty when `llama_cpp` is False)."""
     from ifp_jax.config import load_workdir_config
-    from ifp_jax.export.run import export_workdir
     cfg = load_workdir_config(ifp_dir)
     tasks = list(rows["IFP per task, k = F/2"]["per_task"])[:export_tasks]
     exports = {}
     for task in tasks:
-        out = os.path.join(workdir, "export", task)
-        if not os.path.exists(os.path.join(out, "export.json")):
-            export_workdir(ifp_dir, out, task=task, formats=("orbax", "gguf"), log=log)
-        exports[task] = out
-    dense_out = export_dense(dense_dir, os.path.join(workdir, "dense_export"), log)
-    first = exports[tasks[0]]
+        exports[task] = _export_task(ifp_dir, os.path.join(workdir, "export", task), task,
+                                     AGREEMENT_TYPE, log)
+    dense_out = export_dense(dense_dir, os.path.join(workdir, "dense_export"), log=log)
+    # The task the quantised file and the speed rows use: the masked model's best (a quantised
+    # model's exact match says little on a task where the masked model scores 0).
+    masked = rows["IFP per task, k = F/2"]["per_task"]
+    shown = max(tasks, key=lambda t: masked[t])
+    shown_export = exports[shown]
     speed = {"ifp generate, dense": ifp_decode_rate(os.path.join(dense_out, "orbax")),
-             "ifp generate, pruned (k = F/2)": ifp_decode_rate(os.path.join(first, "orbax"))}
-    result = {"exports": exports, "llama_cpp": {}, "agreement": {}}
+             "ifp generate, pruned (k = F/2)": ifp_decode_rate(os.path.join(shown_export, "orbax"))}
+    result = {"exports": exports, "llama_cpp": {}, "agreement": {}, "gguf_type": AGREEMENT_TYPE}
     if llama_cpp:
         from ifp_jax.experiments import smollm2_llama_cpp as lcpp
         from ifp_jax.serve.generator import decoder_prompt
         from ifp_jax.vocab.light import get_light_vocabulary
-        masked = rows["IFP per task, k = F/2"]["per_task"]
         steps = lcpp.decode_steps(cfg)
         for task, out in exports.items():
             t0 = time.time()
@@ -79,12 +85,39 @@ def export_and_serve(workdir: str, dense_dir: str, ifp_dir: str, rows: dict, *,
             result["agreement"][task] = abs(rec["exact_match"] - masked[task])
             log(f"    llama.cpp {task}: exact match {rec['exact_match']:.3f} (masked model "
                 f"{masked[task]:.3f}; {rec['examples']} examples, {time.time() - t0:.0f} s)")
+        q = QUANTISED_TYPE
+        q_task = _export_task(ifp_dir, os.path.join(workdir, f"export_{q}", shown), shown, q,
+                              log)
+        q_dense = export_dense(dense_dir, os.path.join(workdir, f"dense_export_{q}"), q, log)
+        rec = lcpp.exact_match(os.path.join(q_task, "gguf", "model.gguf"), cfg, shown,
+                               max_new=steps)
+        result["quantised"] = {"type": q, "task": shown, "exact_match": rec["exact_match"],
+                               "masked": masked[shown],
+                               "file_bytes": {"pruned": _gguf_bytes(q_task),
+                                              "dense": _gguf_bytes(q_dense),
+                                              f"pruned {AGREEMENT_TYPE}": _gguf_bytes(shown_export),
+                                              f"dense {AGREEMENT_TYPE}": _gguf_bytes(dense_out)}}
+        log(f"    llama.cpp {shown} at {q}: exact match {rec['exact_match']:.3f}")
         prompt = decoder_prompt(get_light_vocabulary(cfg.data.vocabulary), SPEED_PROMPT)
-        speed["llama.cpp, dense"] = lcpp.decode_rate(
-            os.path.join(dense_out, "gguf", "model.gguf"), prompt, DECODE_TOKENS)
-        speed["llama.cpp, pruned (k = F/2)"] = lcpp.decode_rate(
-            os.path.join(first, "gguf", "model.gguf"), prompt, DECODE_TOKENS)
+        for label, model_dir in ((f"dense, {AGREEMENT_TYPE}", dense_out),
+                                 (f"pruned (k = F/2), {AGREEMENT_TYPE}", shown_export),
+                                 (f"dense, {q}", q_dense), (f"pruned (k = F/2), {q}", q_task)):
+            speed[f"llama.cpp, {label}"] = lcpp.decode_rate(
+                os.path.join(model_dir, "gguf", "model.gguf"), prompt, DECODE_TOKENS)
     result["decode_tokens_per_s"] = speed
     result["agreement_met"] = (all(d <= 0.01 for d in result["agreement"].values())
                                if result["agreement"] else None)
     return result
+
+
+def _export_task(ifp_dir: str, out: str, task: str, gguf_type: str, log=print) -> str:
+    """`ifp export --task TASK --gguf-type TYPE` of the IFP run into `out` (reused if present)."""
+    if not os.path.exists(os.path.join(out, "export.json")):
+        from ifp_jax.export.run import export_workdir
+        export_workdir(ifp_dir, out, task=task, formats=("orbax", "gguf"), gguf_type=gguf_type,
+                       log=log)
+    return out
+
+
+def _gguf_bytes(export_dir: str) -> int:
+    return os.path.getsize(os.path.join(export_dir, "gguf", "model.gguf"))

@@ -62,10 +62,10 @@ def _train_args(workdir: str, steps: int, mesh: str, extra=()) -> list[str]:
 
 
 def _run_processes(workdir: str, steps: int, mesh: str, n: int, devices: int, tmp_path,
-                   timeout: float = 600) -> str:
+                   timeout: float = 600, extra=()) -> str:
     port = _free_port()
     logs = [open(tmp_path / f"p{i}.log", "w+") for i in range(n)]
-    procs = [_ifp(*_train_args(workdir, steps, mesh),
+    procs = [_ifp(*_train_args(workdir, steps, mesh, extra),
                   *([] if n == 1 else ["--coordinator", f"127.0.0.1:{port}",
                                        "--num-processes", str(n), "--process-id", str(i)]),
                   devices=devices, log=logs[i]) for i in range(n)]
@@ -160,6 +160,27 @@ def test_two_processes_save_one_process_on_another_mesh_restores_and_resumes(tmp
     lr = max(cfg.optimizer.lr_llm, cfg.optimizer.lr_predictor)
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=0, atol=PARAM_ATOL_LR * lr, err_msg=key)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
+def test_two_processes_initialise_scores_like_one(tmp_path):
+    """pruning.init_scores=activation across 2 processes x 2 devices (each reads its own rows of
+    the first batches, the sums are global) stores the selection scores one process computes."""
+    extra = ("pruning.init_scores=activation", "pruning.init_scores_tokens=2048",
+             "data.eval_examples_per_task=1")
+    two = str(tmp_path / "two")
+    out = _run_processes(two, 0, "1,4,1", n=2, devices=2, tmp_path=tmp_path, extra=extra)
+    assert "selection scores initialised from the LLM's FFN activations" in out
+    ref = str(tmp_path / "one")
+    cfg = apply_overrides(experiments.get("tiny_multiskill"),
+                          _train_args(ref, 0, "1,1,1", extra)[4:])
+    one = jax.device_get(train(cfg, ref))
+    stored = _stored_state(two, 0)
+    for key, want in (("params/static_scores", one.params["static_scores"]),
+                      ("params/predictor/head_out/bias",
+                       one.params["predictor"]["head_out"]["bias"])):
+        np.testing.assert_allclose(stored[key], want, rtol=1e-4, atol=1e-4, err_msg=key)
+    assert np.std(stored["params/static_scores"]) > 1.0  # set (scale 3), not the 0.01 init
 
 
 @pytest.mark.slow  # ~4 min on 2 cores (three trainings, two of them on 8 virtual devices)

@@ -12,8 +12,8 @@ DECODE_TOKENS = 64
 SPEED_PROMPT = "reverse abcdefgh ="
 # The per-task GGUFs that llama.cpp must score like the masked model are f32: the same weights.
 # (At f16, rounding flipped one greedy answer of 220: sort 0.05 vs 0.10.) What a user would
-# serve is quantised: the first task and the dense model are also written at QUANTISED_TYPE,
-# scored and timed in llama.cpp beside them.
+# serve is quantised: the masked model's best task and the dense model are also written at
+# QUANTISED_TYPE, scored and timed in llama.cpp beside them.
 AGREEMENT_TYPE = "f32"
 QUANTISED_TYPE = "q8_0"
 

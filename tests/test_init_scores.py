@@ -76,7 +76,7 @@ def test_batch_lengths_end_at_the_last_loss_position():
 
 def _dead_half_state(cfg, seed=0):
     """A fresh train state whose LLM has a random half of every layer's FFN units silenced
-    (up_proj columns x 1e-4); returns (state, live [L, F] bool, model, mesh, layout)."""
+    (up_proj columns x 1e-4); returns (state, live [L, F] bool, model, mesh)."""
     mesh = shd.make_mesh(cfg.mesh)
     model = build_model(cfg)
     tx = make_optimizer(cfg.optimizer, cfg.train.steps)

@@ -31,9 +31,9 @@ def open_llama(gguf_path: str):
     except ImportError:
         raise ConfigError("llama.cpp evaluation needs llama-cpp-python: pip install "
                           "llama-cpp-python (or pass --no-llama-cpp)") from None
+    options = dict(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False, seed=0)
     if not cpu_has_amx():
-        return llama_cpp.Llama(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False,
-                               seed=0)
+        return llama_cpp.Llama(**options)
     # Llama() builds its model params from this function and has no argument for the field.
     defaults = llama_module.llama_cpp.llama_model_default_params
 
@@ -44,8 +44,7 @@ def open_llama(gguf_path: str):
 
     llama_module.llama_cpp.llama_model_default_params = without_extra_buffer_types
     try:
-        return llama_cpp.Llama(model_path=gguf_path, n_ctx=512, n_batch=512, verbose=False,
-                               seed=0)
+        return llama_cpp.Llama(**options)
     finally:
         llama_module.llama_cpp.llama_model_default_params = defaults
 

@@ -25,7 +25,7 @@ from ifp_jax.config import ExperimentConfig, ModelConfig
 from ifp_jax.hf import imported
 from ifp_jax.infer.kv_decoder import prefill
 from ifp_jax.train.metrics import print_primary
-from ifp_jax.train.state import TrainState
+from ifp_jax.train.state import TrainState, at_path, with_path
 
 # What the scores replace: every selection mode's fresh scores.
 SCORE_PATHS = (("predictor", "head_out", "bias"), ("static_scores",))
@@ -103,18 +103,15 @@ def initialise_scores(state: TrainState, cfg: ExperimentConfig, mesh: Mesh, step
     scores = scores_from_activations(total / max(count, 1), p.init_scores_scale)
     params = state.params
     for path in SCORE_PATHS:
-        params = _replace_leaf(params, path, scores)
+        params = with_path(params, path, _placed_like(scores, at_path(params, path)))
     print_primary(f"[ifp] selection scores initialised from the LLM's FFN activations over "
                   f"{count} tokens ({n} batch(es); scale {p.init_scores_scale}): the first masks "
                   f"keep each layer's most used units")
     return state.replace(params=params)
 
 
-def _replace_leaf(tree: dict, path: tuple[str, ...], value: np.ndarray) -> dict:
-    head, *rest = path
-    if rest:
-        return {**tree, head: _replace_leaf(tree[head], tuple(rest), value)}
-    old = tree[head]
-    value = value.astype(old.dtype)  # the same on every process: each places its own shards
-    return {**tree, head: jax.make_array_from_callback(old.shape, old.sharding,
-                                                       lambda index: value[index])}
+def _placed_like(value: np.ndarray, old: jax.Array) -> jax.Array:
+    """`value` (the same on every process) as an array of `old`'s dtype and sharding; each
+    process places its own shards."""
+    value = value.astype(old.dtype)
+    return jax.make_array_from_callback(old.shape, old.sharding, lambda index: value[index])

@@ -173,7 +173,7 @@ def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
             jax.random.key(cfg.train.seed))
     if params_override is not None:
         for path in replaced:
-            params = _with(params, path, _at(layout.abstract.params, path))
+            params = with_path(params, path, at_path(layout.abstract.params, path))
         params = params_override(params)
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(params)):
             raise ValueError(f"params_override left abstract leaves in {replaced}")
@@ -183,16 +183,17 @@ def create_state(model: IFPModel, cfg: ExperimentConfig, tx: optax.GradientTrans
     return TrainState(step=step, params=params, opt_state=opt_state)
 
 
-def _at(tree: dict, path: tuple[str, ...]) -> Any:
+def at_path(tree: dict, path: tuple[str, ...]) -> Any:
+    """The sub-tree of nested dict `tree` at key path `path`."""
     for key in path:
         tree = tree[key]
     return tree
 
 
-def _with(tree: dict, path: tuple[str, ...], value: Any) -> dict:
+def with_path(tree: dict, path: tuple[str, ...], value: Any) -> dict:
     """A copy of nested dict `tree` with `value` at `path` (the other branches shared)."""
     head, *rest = path
-    return {**tree, head: _with(tree[head], tuple(rest), value) if rest else value}
+    return {**tree, head: with_path(tree[head], tuple(rest), value) if rest else value}
 
 
 def _without(tree: dict, paths: tuple[tuple[str, ...], ...]) -> dict:

@@ -191,7 +191,11 @@ class MeshConfig:
 class CheckpointConfig:
     every_steps: int = 200
     keep: int = 3
-    async_save: bool = True
+    # "auto": async where the devices are accelerators (the state's host copy lands in host RAM
+    # the step does not use, written by cores it does not need); synchronous on CPU, where that
+    # copy would duplicate the state in the step's own memory and the writer would compete with
+    # the step for the same cores (train/checkpoint.py: saves_async).
+    async_save: Literal["auto", True, False] = "auto"
     # CRC32C of every file after a save, checked before a restore (a flipped bit in array data
     # otherwise restores silently); on disk one extra read (at save in the background, at restore
     # beside it, each process its share), in a bucket only object metadata (storage.md).

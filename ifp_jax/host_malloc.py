@@ -10,12 +10,17 @@ faults all of its temporaries in again as new pages. That costs twice:
     in ~2,000 huge-page faults when torch had run in between, and took 3.4-5.5 s instead of 2.6.
 So the `ifp` command runs with:
   glibc.malloc.hugetlb=1        transparent huge pages for malloc's memory (madvise), if THP is on
-  glibc.malloc.mmap_max=0       no per-buffer mappings: big buffers come from the heap ...
+  glibc.malloc.mmap_threshold   buffers under 64 MiB come from the heap ...
   glibc.malloc.trim_threshold   ... which is never trimmed back to the kernel (freed buffers are
                                 reused by the next step: no page faults once warm), and
   glibc.malloc.arena_max=1      one heap, so a buffer freed by one thread is reused by any other
                                 (per-thread arenas unmap their heaps when empty).
-The process then keeps its peak memory until it exits, as a device allocator does.
+Buffers of 64 MiB and more keep their own mappings, returned when freed. In one heap they did
+not stay reusable: host work between steps (data threads, metrics, a save) splits the free
+space, the next step cannot fit them into it and grows the heap, and SmolLM2's SFT (1.75 GB of
+temporaries, mostly in such buffers) peaked at 7.1 GB RSS instead of 5.1, and stepped slower
+(103 tokens/s instead of 120). Faulting a buffer that big in again costs little next to the
+step that fills it (in huge pages, a 51 MB buffer took 314 faults, tests/test_host_malloc.py).
 
 glibc reads tunables only when a process starts, so the `ifp` command, where JAX computes on the
 CPU, re-executes itself once with the tunables added, before it does any work (same PID, same
@@ -32,7 +37,8 @@ import platform
 import sys
 
 HUGEPAGES = "glibc.malloc.hugetlb=1"
-REUSE = ("glibc.malloc.mmap_max=0", f"glibc.malloc.trim_threshold={1 << 40}",
+MMAP_THRESHOLD = 64 << 20  # bytes: bigger buffers are mapped (and unmapped) each on their own
+REUSE = (f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}", f"glibc.malloc.trim_threshold={1 << 40}",
          "glibc.malloc.arena_max=1")
 OPT_OUT = "IFP_MALLOC_HUGEPAGES"
 THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"

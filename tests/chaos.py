@@ -122,6 +122,9 @@ def _command(workdir: str, processes: int, process_id: int, port: int,
     cmd = [sys.executable, "-m", "ifp_jax", "train", "tiny_multiskill", "--workdir", workdir,
            *TINY_OVERRIDES, f"train.steps={scale.steps}",
            f"checkpoint.every_steps={scale.save_every}", f"train.eval_every={scale.eval_every}",
+           # Async saves, as on accelerators (on CPU "auto" saves synchronously): the kills
+           # must find a write in flight while training goes on.
+           "checkpoint.async_save=true",
            f"pruning.temperature_anneal_steps={scale.anneal}",
            f"mesh.data={DEVICES_PER_PROCESS * processes}"]
     if processes > 1:

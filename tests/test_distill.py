@@ -17,7 +17,7 @@ from ifp_jax.train.loop import train
 from ifp_jax.train.loss import chunked_losses, token_cross_entropy, token_topk_kl
 from ifp_jax.train.state import build_model, params_layout
 from ifp_jax.train.step import STEP_KEYS, _microbatch_loss
-from ifp_jax.train.teacher import Teacher, teacher_config, topk_logprobs
+from ifp_jax.train.teacher import Teacher, same_vocabulary, teacher_config, topk_logprobs
 from ifp_jax import sharding as shd
 from ifp_jax.train import checkpoint as ckpt_lib
 from tests.helpers import tiny_config
@@ -137,3 +137,13 @@ def test_a_teacher_with_another_vocabulary_is_refused(teacher_run):
         teacher_config(student)
     with pytest.raises(ConfigError, match="distill.top_k"):
         replace(student, distill=replace(student.distill, top_k=0))
+
+
+def test_two_imports_of_one_tokenizer_are_the_same_vocabulary(tmp_path):
+    for name, text in (("a", '{"model": 1}'), ("b", '{"model": 1}'), ("c", '{"model": 2}')):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "tokenizer.json").write_text(text)
+    a, b, c = (str(tmp_path / n / "tokenizer.json") for n in "abc")
+    assert same_vocabulary(a, b) and same_vocabulary("byte", "byte")
+    assert not same_vocabulary(a, c)
+    assert not same_vocabulary("byte", a)

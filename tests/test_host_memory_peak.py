@@ -1,12 +1,13 @@
-"""A CPU run's peak host memory stays near the figure its preflight prints.
+"""A CPU run's peak host memory stays near what its step needs.
 
 `ifp train` from an import prints, on CPU, "host memory: X GB held before the state exists + the
-step's Y GB + a checkpoint's copy Z GB = expect a peak of W GB RSS". The run's true peak (the
-process's maximum RSS) must stay within 1.5 x W, and what it adds above X within 1.5 x Y + Z
-(half the step's need as slack: the heap's fragmentation sometimes makes a step take its
-temporaries anew). The model is mostly embedding (69M params, 0.28 GB in f32; step 1.52 GB) so
-that what the fixes removed shows: on this model the code before them added 3.7 GB above X
-(5.07 GB in all), now 1.75-2.57 GB in three runs; the bound is 3.11.
+step's Y GB + a checkpoint save's Z GB = expect a peak of W GB RSS". The run's true peak (the
+process's maximum RSS) must stay within W, and what it adds above X within 1.25 x Y: the
+state, the step's temporaries and the checkpoint saves together (a synchronous save on CPU, its
+writes bounded, the step's freed temporaries handed back before it). The model is mostly
+embedding (69M params, 0.28 GB in f32; step 1.52 GB) so that a copy of the state or temporaries
+taken anew show: before the CPU save policy and the malloc mapping threshold, the run added
+1.75-2.57 GB above X in three runs (old tunables, async save); now 1.75-1.76 (bound 1.9).
 """
 
 import os
@@ -22,7 +23,7 @@ from tests.hf_models import make_tokenizer
 # Embedding-heavy: 2 x 65536 x 512 untied embedding and head, two thin layers.
 SHAPE = dict(d_model=512, layers=2, heads=8, kv_heads=2, d_ffn=256, vocab_size=65536)
 HOST_LINE = re.compile(r"host memory: ([\d.]+) GB held before the state exists \+ the step's "
-                       r"([\d.]+) GB \+ a checkpoint's copy ([\d.]+) GB = expect a peak of "
+                       r"([\d.]+) GB \+ a checkpoint save's ([\d.]+) GB = expect a peak of "
                        r"([\d.]+) GB RSS")
 # A parent of its own, so ru_maxrss of its children is this run's peak (the process re-executes
 # itself with the malloc tunables; the kernel keeps the larger high-water mark over exec).
@@ -56,10 +57,10 @@ def test_peak_host_memory_is_within_the_preflight_figure(tmp_path, embedding_hea
         os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    held, step, copy, expected = (float(x) for x in HOST_LINE.search(out.stdout).groups())
+    held, step, save, expected = (float(x) for x in HOST_LINE.search(out.stdout).groups())
     peak = int(re.search(r"PEAK_KIB (\d+)", out.stdout).group(1)) * 1024 / 1e9
     report = (f"peak {peak:.3g} GB; preflight: held {held:.3g} + step {step:.3g} + checkpoint "
-              f"copy {copy:.3g} = {expected:.3g} GB")
+              f"save {save:.3g} = {expected:.3g} GB")
     print(report)
-    assert peak <= 1.5 * expected, report
-    assert peak - held <= 1.5 * step + copy, report
+    assert peak <= expected, report
+    assert peak - held <= 1.25 * step, report

@@ -44,6 +44,21 @@ def state_bytes(abstract_state: Any) -> int:
                if hasattr(x, "dtype"))
 
 
+def largest_array_bytes(abstract_state: Any) -> int:
+    """Bytes of the state's largest array."""
+    return max((x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state)
+                if hasattr(x, "dtype")), default=0)
+
+
+def save_bytes(abstract_state: Any, is_async: bool, write_limit_gb: int | None) -> int:
+    """Host memory a checkpoint save adds while it runs: an async save's copy of the whole
+    state, or a synchronous save's arrays in flight to disk (at most the write limit)."""
+    whole = state_bytes(abstract_state)
+    if is_async or write_limit_gb is None:
+        return whole
+    return min(whole, int(write_limit_gb * GB))
+
+
 def check_disk(workdir: str, checkpoint_bytes: int, keep: int, free_bytes: int | None = None
                ) -> str:
     """The disk estimate as a line to print; a one-line ConfigError when not even one more
@@ -91,16 +106,16 @@ def device_memory_line(compiled: Any, cfg: ExperimentConfig) -> str:
             f"{args:.3g}, temporaries {temp:.3g})")
 
 
-def host_memory_line(compiled: Any, checkpoint_bytes: int) -> str | None:
+def host_memory_line(compiled: Any, save: int) -> str | None:
     """Where the devices are this host's CPU, the host memory the run should peak at: what the
     process holds now (Python, the libraries, data tasks, compiled code; the state does not
-    exist yet), plus the step's need, plus a checkpoint's host copy (an async save holds one
-    while the next steps run). None on accelerators (their memory is the line above)."""
+    exist yet), plus the step's need, plus what a checkpoint save adds (`save_bytes`). None on
+    accelerators (their memory is the line above)."""
     mem = step_memory(compiled)
     if mem is None or jax.default_backend() != "cpu":
         return None
     host_malloc.release_free_memory()  # what compiling freed is not held
     now, step = process_tree_rss_mib() * MIB, step_bytes(mem)
     return (f"host memory: {now / GB:.3g} GB held before the state exists + the step's "
-            f"{step / GB:.3g} GB + a checkpoint's copy {checkpoint_bytes / GB:.3g} GB = expect "
-            f"a peak of {(now + step + checkpoint_bytes) / GB:.3g} GB RSS")
+            f"{step / GB:.3g} GB + a checkpoint save's {save / GB:.3g} GB = expect "
+            f"a peak of {(now + step + save) / GB:.3g} GB RSS")

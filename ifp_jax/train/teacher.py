@@ -24,6 +24,7 @@ from ifp_jax import sharding as shd
 from ifp_jax.config import ConfigError, ExperimentConfig, load_workdir_config
 from ifp_jax.hf import imported
 from ifp_jax.model.decoder import Decoder
+from ifp_jax.storage import paths
 from ifp_jax.train.loss import lm_head_kernel
 from ifp_jax.train.stage_init import source_params
 from ifp_jax.train.state import build_model, params_layout
@@ -42,13 +43,25 @@ def teacher_config(cfg: ExperimentConfig) -> ExperimentConfig:
         tcfg = dataclasses.replace(cfg, model=own.model, predictor=own.predictor, pruning=dense,
                                    data=dataclasses.replace(cfg.data,
                                                             vocabulary=own.data.vocabulary))
-    if (tcfg.model.vocab_size, tcfg.data.vocabulary) != (cfg.model.vocab_size,
-                                                         cfg.data.vocabulary):
+    if (tcfg.model.vocab_size != cfg.model.vocab_size
+            or not same_vocabulary(tcfg.data.vocabulary, cfg.data.vocabulary)):
         raise ConfigError(
             f"distill.teacher={path} has vocabulary {tcfg.data.vocabulary!r} of size "
             f"{tcfg.model.vocab_size}, the student {cfg.data.vocabulary!r} of size "
             f"{cfg.model.vocab_size}; distil only between models with the same vocabulary")
     return tcfg
+
+
+def same_vocabulary(a: str, b: str) -> bool:
+    """The same vocabulary spec, or two tokenizer files with the same bytes (two imports of one
+    model, e.g. the student's import and the teacher's, each hold their own tokenizer.json)."""
+    if a == b:
+        return True
+    try:
+        return (paths.exists(a) and paths.exists(b)
+                and paths.read_bytes(a) == paths.read_bytes(b))
+    except (OSError, ValueError):  # a spec that is not a path ("byte", "sp:...")
+        return False
 
 
 def topk_logprobs(logits: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:

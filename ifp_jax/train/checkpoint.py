@@ -40,7 +40,7 @@ from ifp_jax import workdir as workdir_lib
 from ifp_jax.config import CheckpointConfig, ConfigError, ExperimentConfig
 from ifp_jax.storage import paths
 from ifp_jax.train import checksums
-from ifp_jax.train.preflight import GB
+from ifp_jax.train.preflight import GB, state_bytes
 from ifp_jax.train.run_errors import (CheckpointWriteError, quiet_orbax_tracebacks,
                                      report_failed_save, short_cause)
 
@@ -84,15 +84,16 @@ class Checkpointer:
         self._recorder: threading.Thread | None = None  # waits for a save, then records it
         self._recorder_error: BaseException | None = None
         quiet_orbax_tracebacks()
-        limit = write_limit_gb(largest_array_bytes)
+        self.is_async = saves_async(cfg)
+        self.write_limit_gb = write_limit_gb(largest_array_bytes)
         # Both items named: orbax takes no handler by default once one is given.
-        handlers = None if limit is None else {
-            "state": ocp.StandardCheckpointHandler(save_concurrent_gb=limit),
+        handlers = None if self.write_limit_gb is None else {
+            "state": ocp.StandardCheckpointHandler(save_concurrent_gb=self.write_limit_gb),
             "data": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(
             self.directory, item_handlers=handlers,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=cfg.keep, enable_async_checkpointing=saves_async(cfg), create=True))
+                max_to_keep=cfg.keep, enable_async_checkpointing=self.is_async, create=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -103,7 +104,7 @@ class Checkpointer:
         A save that cannot be written raises CheckpointWriteError, before writing anything when
         the disk has less free space than the state's size."""
         self._record_finished()
-        need = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+        need = state_bytes(state)
         # A bucket has no free-space figure; its quota errors come from the write itself.
         free = (float("inf") if paths.is_remote(self.directory)
                 else shutil.disk_usage(self.directory).free)

@@ -152,10 +152,10 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                                  num_tasks=len(batches.task_names))
     print_primary(f"[ifp] train step compiled in {time.time() - t0:.1f}s")
     print_primary(f"[ifp] {preflight.device_memory_line(step_fn, cfg)}")
-    largest = preflight.largest_array_bytes(layout.abstract)
+    ckpt = ckpt_lib.Checkpointer(workdir, cfg.checkpoint,
+                                 largest_array_bytes=preflight.largest_array_bytes(layout.abstract))
     host_line = preflight.host_memory_line(
-        step_fn, preflight.save_bytes(layout.abstract, ckpt_lib.saves_async(cfg.checkpoint),
-                                      ckpt_lib.write_limit_gb(largest)))
+        step_fn, preflight.save_bytes(layout.abstract, ckpt.is_async, ckpt.write_limit_gb))
     if host_line:
         print_primary(f"[ifp] {host_line}")
     teacher = Teacher(cfg, mesh) if cfg.distill.teacher else None
@@ -163,7 +163,6 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
         print_primary(f"[ifp] distilling from {cfg.distill.teacher} (top {cfg.distill.top_k} "
                       f"tokens, weight {cfg.distill.weight})")
 
-    ckpt = ckpt_lib.Checkpointer(workdir, cfg.checkpoint, largest_array_bytes=largest)
     restored = ckpt.restore_latest(layout.abstract)
     if restored is not None:
         start, state, data_state = restored

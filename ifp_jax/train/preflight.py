@@ -38,16 +38,20 @@ def check_workdir_writable(workdir: str) -> None:
                           f"permissions") from None
 
 
-def state_bytes(abstract_state: Any) -> int:
-    """Bytes of one checkpoint: every array of the train state (params, optimizer moments)."""
-    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state)
-               if hasattr(x, "dtype"))
+def _array_bytes(state: Any) -> list[int]:
+    return [x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state)
+            if hasattr(x, "dtype")]
 
 
-def largest_array_bytes(abstract_state: Any) -> int:
+def state_bytes(state: Any) -> int:
+    """Bytes of one checkpoint: every array of the train state (params, optimizer moments);
+    `state` concrete or abstract."""
+    return sum(_array_bytes(state))
+
+
+def largest_array_bytes(state: Any) -> int:
     """Bytes of the state's largest array."""
-    return max((x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(abstract_state)
-                if hasattr(x, "dtype")), default=0)
+    return max(_array_bytes(state), default=0)
 
 
 def save_bytes(abstract_state: Any, is_async: bool, write_limit_gb: int | None) -> int:

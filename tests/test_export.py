@@ -184,11 +184,12 @@ def test_quantised_gguf_report_matches_transformers_on_the_read_back_file(run, t
     np.testing.assert_allclose(report["vs_f32"]["top1_agreement"],
                                (got.argmax(-1) == want.argmax(-1))[real].mean(), atol=0.02)
     assert report["file_bytes"] == os.path.getsize(os.path.join(out, "gguf", "model.gguf"))
-    if gguf_type == "f32":
+    if gguf_type == "f32":  # the forwards are skipped only because the weights read back equal
         assert report["vs_f32"] == dict(report["vs_f32"], max_abs_logit_diff=0.0,
-                                        top1_agreement=1.0)
+                                        top1_agreement=1.0, weights_bit_exact=True)
     else:
         assert diff.max() > 1e-4  # the weights really were quantised
+        assert report["vs_f32"]["weights_bit_exact"] is False
     print(f"{gguf_type}: {report['file_bytes']} bytes, max |dlogit| "
           f"{report['vs_f32']['max_abs_logit_diff']:.3g}, top-1 "
           f"{report['vs_f32']['top1_agreement']:.3f}")
@@ -248,3 +249,17 @@ def test_open_run_of_a_directory_without_a_run_is_one_line(run, tmp_path):
     shutil.copy(os.path.join(run[1], "config.json"), tmp_path / "config.json")
     with pytest.raises(ConfigError, match="no checkpoint in .*: train that stage first"):
         open_run(str(tmp_path), hint="train that stage first")
+
+
+def test_bit_exact_read_back_needs_every_path_and_bit():
+    from ifp_jax.export.gguf_report import _bit_exact
+    a = {"x": np.arange(4, dtype=np.float32), "y": {"z": np.ones((2, 2), np.float32)},
+         "embed_tokens": {"embedding": np.ones((8, 2), np.float32)}}  # vocabulary 6, padded to 8
+    same = {"x": a["x"].copy(), "y": {"z": a["y"]["z"].copy()},
+            "embed_tokens": {"embedding": np.concatenate([np.ones((6, 2)), np.zeros((2, 2))])
+                             .astype(np.float32)}}  # only the padding rows differ
+    assert _bit_exact(same, a, vocab_size=6)
+    assert not _bit_exact(same, a, vocab_size=7)
+    nudged = dict(same, x=np.nextafter(a["x"], np.float32(9)))  # one ulp each
+    assert not _bit_exact(nudged, a, vocab_size=6)
+    assert not _bit_exact({"x": a["x"]}, a, vocab_size=6)

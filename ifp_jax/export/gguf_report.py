@@ -73,17 +73,14 @@ _VOCAB_AXIS = {("embed_tokens", "embedding"): 0, ("lm_head", "kernel"): 1}
 def _bit_exact(read_back: dict, params: dict, vocab_size: int) -> bool:
     """Whether two param trees hold the same paths with bitwise-equal values (on the padded
     vocabulary weights, the first vocab_size ids only: the padding is not written)."""
-    import jax
+    from flax.traverse_util import flatten_dict
 
-    def leaves(tree):
-        out = {}
-        for path, x in jax.tree_util.tree_leaves_with_path(tree):
-            names = tuple(str(getattr(k, "key", k)) for k in path)
-            x = np.asarray(x)
-            axis = _VOCAB_AXIS.get(names[-2:])
-            out[names] = x.take(np.arange(min(vocab_size, x.shape[axis])), axis) if axis is not None else x
-        return out
+    def used(path, x):
+        axis = _VOCAB_AXIS.get(path[-2:])
+        x = np.asarray(x)
+        return x if axis is None else np.take(x, range(min(vocab_size, x.shape[axis])), axis)
 
-    a, b = leaves(read_back), leaves(params)
-    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])
-                                        for k in a)
+    a, b = flatten_dict(read_back), flatten_dict(params)
+    return a.keys() == b.keys() and all(
+        np.asarray(a[k]).dtype == np.asarray(b[k]).dtype
+        and np.array_equal(used(k, a[k]), used(k, b[k])) for k in a)

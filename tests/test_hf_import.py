@@ -21,8 +21,8 @@ from ifp_jax.commands.import_hf import add_parser
 from ifp_jax.hf.import_hf import import_hf
 from ifp_jax.vocab.hf_seqio import HFTokenizerVocabulary
 from ifp_jax.hf.weights import (hf_config_from_model_config, hf_from_params,
-                                model_config_from_hf, params_from_hf, read_hf_checkpoint,
-                                write_hf_checkpoint)
+                                model_config_from_hf, param_shapes, params_from_hf,
+                                read_hf_checkpoint, write_hf_checkpoint)
 from ifp_jax.model.decoder import Decoder
 from ifp_jax.train.loop import train
 from tests.hf_models import hf_logits, make_random_llama, make_tokenizer
@@ -273,6 +273,35 @@ def test_import_dir_round_trip(models, tmp_path, capsys):
         imported.restore_import_params(out, _abstract(params_from_hf(
             read_hf_checkpoint(models["gqa"][0])[1],
             model_config_from_hf(read_hf_checkpoint(models["gqa"][0])[0]))))
+
+
+def test_first_layers_import_is_transformers_cut_to_those_layers(models, tmp_path):
+    """--layers N: the import is the source's first N layers; transformers loading the same
+    checkpoint with num_hidden_layers=N (later layers' weights unused) gives the same logits."""
+    import torch
+    from transformers import LlamaForCausalLM
+    src = models["mha_tied_theta_headdim"][0]
+    out = str(tmp_path / "cut")
+    _cli(["import-hf", src, "--out", out, "--as", "predictor", "--layers", "1"])
+    meta, cfg = imported.load_import(out)
+    assert (meta["kind"], cfg.n_layers, meta["hf_config"]["num_hidden_layers"]) == \
+        ("predictor", 1, 1)
+    ref_model = LlamaForCausalLM.from_pretrained(src, num_hidden_layers=1,
+                                                 torch_dtype=torch.float32)
+    ours_cfg = replace(cfg, attention="xla")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = imported.restore_import_params(out, jax.tree_util.tree_map(
+        lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=device),
+        param_shapes(ours_cfg), is_leaf=lambda x: isinstance(x, tuple)))
+    tokens = _tokens(cfg.vocab_size)
+    ref = hf_logits(ref_model, tokens)
+    full = hf_logits(models["mha_tied_theta_headdim"][1], tokens)
+    assert np.abs(ref - full).max() > 1e-2  # the second layer matters: the cut is a real test
+    np.testing.assert_allclose(_ours(params, ours_cfg, tokens), ref, atol=1e-4, rtol=0)
+    for bad in ("0", "3"):
+        with pytest.raises(ConfigError, match=r"--layers .*pass 1\.\.2"):
+            _cli(["import-hf", src, "--out", str(tmp_path / "never"), "--layers", bad])
+    assert not os.path.exists(tmp_path / "never")
 
 
 def test_existing_out_is_refused_and_untouched(models, tmp_path):

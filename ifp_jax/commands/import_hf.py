@@ -1,4 +1,4 @@
-"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]`: a Hugging Face Llama
+"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--layers N] [--overwrite]`: a Hugging Face Llama
 checkpoint (or a llama.cpp GGUF) as an import directory for train.init_llm_from / init_predictor_from
 (ifp_jax/hf/import_hf.py does the work)."""
 
@@ -11,7 +11,8 @@ from ifp_jax.hf.import_layout import KINDS
 
 def run(args) -> None:
     from ifp_jax.hf.import_hf import import_hf
-    import_hf(args.src, args.out, kind=args.kind, overwrite=args.overwrite)
+    import_hf(args.src, args.out, kind=args.kind, overwrite=args.overwrite,
+              layers=args.layers)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -27,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="the import directory to write")
     p.add_argument("--as", dest="kind", choices=KINDS, default="llm",
                    help="what the model will initialise (default llm)")
+    p.add_argument("--layers", type=int, default=None, metavar="N",
+                   help="keep only the first N decoder layers (a predictor backbone cut from a "
+                        "bigger model; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier import at DIR")
     p.set_defaults(fn=run)
     return p

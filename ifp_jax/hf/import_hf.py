@@ -1,10 +1,14 @@
-"""What `ifp import-hf SRC --out DIR [--as llm|predictor] [--overwrite]` does.
+"""What `ifp import-hf SRC --out DIR [--as llm|predictor] [--layers N] [--overwrite]` does.
 
 Converts a Hugging Face Llama checkpoint directory (config.json + safetensors, optional
 tokenizer.json), or a llama.cpp GGUF file (MODEL.gguf, local or gs://: hf/gguf_import.py gives
 the same config, tensors and tokenizer files), into an import directory (layout: hf/imported.py) that train.init_llm_from /
 train.init_predictor_from accept. Everything is read and checked before DIR is touched; DIR is
 written beside itself and renamed into place, so a failed import leaves no partial directory.
+
+`--layers N` keeps the first N decoder layers (embedding and final norm kept): a pretrained
+predictor backbone cut from a bigger model of the same family, e.g. SmolLM2's first 4 layers
+reading the prompt in the LLM's own tokens (docs/pretrained.md#a-pretrained-predictor).
 """
 
 from __future__ import annotations
@@ -54,8 +58,21 @@ def _check_tokenizer(path: str, vocab_size: int) -> None:
                         f"fits its embedding")
 
 
-def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False) -> dict:
-    """Writes the import directory `out` from the HF checkpoint `src`; returns its metadata."""
+def first_layers(hf_config: dict, tensors: dict, n: int) -> tuple[dict, dict]:
+    """(config, tensors) of the model's first n decoder layers: later layers' tensors dropped,
+    num_hidden_layers = n. The hidden state that reaches the final norm is then layer n's."""
+    total = int(hf_config.get("num_hidden_layers", 0))
+    if not 1 <= n <= total:
+        raise ConfigError(f"--layers {n}: the model has {total} layers; pass 1..{total}")
+    later = tuple(f"model.layers.{i}." for i in range(n, total))
+    return ({**hf_config, "num_hidden_layers": n},
+            {k: v for k, v in tensors.items() if not k.startswith(later)})
+
+
+def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False,
+              layers: int | None = None) -> dict:
+    """Writes the import directory `out` from the HF checkpoint `src` (its first `layers`
+    decoder layers only, when given); returns its metadata."""
     import orbax.checkpoint as ocp
     from ifp_jax.hf.gguf_import import is_gguf
     from ifp_jax.hf.weights import model_config_from_hf, params_from_hf, read_hf_checkpoint
@@ -73,6 +90,8 @@ def import_hf(src: str, out: str, *, kind: str = "llm", overwrite: bool = False)
                               f"directory to local disk first")
         else:
             (hf_config, tensors), tok_dir = read_hf_checkpoint(src), src
+        if layers is not None:  # a GGUF's tensors carry the HF names too
+            hf_config, tensors = first_layers(hf_config, tensors, layers)
         return _write_import(src, out, kind, hf_config, tensors, tok_dir, ocp,
                              model_config_from_hf, params_from_hf)
 

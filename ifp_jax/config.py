@@ -108,6 +108,11 @@ class PruningConfig:
     init_scores: Literal["random", "activation"] = "random"
     init_scores_scale: float = 3.0
     init_scores_tokens: int = 4096
+    # Steps fitting the predictor alone, at a fresh start and before joint training, to each
+    # training row's own activation scores (train/fit_predictor.py): the first masks are then
+    # the predictor's per-prompt guess of the units the LLM uses, not one mask for every input.
+    # 0 = none. Also when the predictor comes from a run (e.g. CPT's, fitted on SFT prompts).
+    fit_predictor_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +269,7 @@ _SHAPE_MINIMUMS = {"vocab_size": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "
                    "head_dim": 2, "d_ffn": 1, "max_len": 1, "scan_unroll": 0}
 _MINIMUMS = {"predictor.head_hidden": 1, "predictor.max_prompt_len": 1,
              "pruning.bisection_iters": 1, "pruning.temperature_anneal_steps": 0,
-             "pruning.init_scores_tokens": 1,
+             "pruning.init_scores_tokens": 1, "pruning.fit_predictor_steps": 0,
              "data.seq_len": 1, "data.global_batch_size": 1, "data.cpt_chunk_len": 1,
              "data.eval_examples_per_task": 1, "optimizer.warmup_steps": 0, "train.steps": 0,
              "train.log_every": 1, "train.eval_every": 0, "checkpoint.every_steps": 1,

@@ -31,30 +31,35 @@ from ifp_jax.train.state import TrainState, at_path, with_path
 SCORE_PATHS = (("predictor", "head_out", "bias"), ("static_scores",))
 
 
-def activation_sums(decoder_params: Any, cfg: ModelConfig, tokens: jax.Array,
-                    lengths: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
-    """Per layer and unit, sum over the real tokens of |silu(gate) * up|: [L, F] f32.
-
-    tokens [B, T] right-padded, lengths [B] (positions >= length are padding, left out)."""
+def row_activation_sums(decoder_params: Any, cfg: ModelConfig, tokens: jax.Array,
+                        lengths: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """Per row, layer and unit, sum over the row's real tokens of |silu(gate) * up|: [B, L, F]
+    f32. tokens [B, T] right-padded, lengths [B] (positions >= length are padding, left out)."""
     t = tokens.shape[1]
     valid = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.float32)  # [B, T]
     sums = [None] * cfg.n_layers
 
     def probe(layer, hidden):  # hidden [B, T, F], before any mask
-        sums[layer] = jnp.einsum("btf,bt->f", jnp.abs(hidden.astype(jnp.float32)), valid)
+        sums[layer] = jnp.einsum("btf,bt->bf", jnp.abs(hidden.astype(jnp.float32)), valid)
 
     prefill(decoder_params, cfg, tokens, jnp.maximum(lengths, 1), mask=None, cache_len=t,
             dtype=dtype, ffn_probe=probe)
-    return jnp.stack(sums)
+    return jnp.stack(sums, axis=1)
 
 
-def scores_from_activations(mean_abs: np.ndarray, scale: float) -> np.ndarray:
-    """[L, F] mean |activation| -> scale * per-layer z-score of its log, f32 (a layer whose
+def activation_sums(decoder_params: Any, cfg: ModelConfig, tokens: jax.Array,
+                    lengths: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """row_activation_sums summed over the batch: [L, F] f32."""
+    return row_activation_sums(decoder_params, cfg, tokens, lengths, dtype).sum(axis=0)
+
+
+def scores_from_activations(mean_abs: jax.Array | np.ndarray, scale: float) -> jax.Array:
+    """[..., F] mean |activation| -> scale * z-score over F of its log, f32 (a layer whose
     units are all alike gets 0s)."""
-    logs = np.log(np.maximum(np.asarray(mean_abs, np.float64), 1e-30))
+    logs = jnp.log(jnp.maximum(jnp.asarray(mean_abs, jnp.float32), 1e-30))
     spread = logs.std(axis=-1, keepdims=True)
-    z = (logs - logs.mean(axis=-1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-    return (scale * z).astype(np.float32)
+    z = (logs - logs.mean(axis=-1, keepdims=True)) / jnp.where(spread > 0, spread, 1.0)
+    return scale * z
 
 
 def batch_lengths(loss_weights: jax.Array) -> jax.Array:
@@ -100,7 +105,7 @@ def initialise_scores(state: TrainState, cfg: ExperimentConfig, mesh: Mesh, step
             total, count = total + np.asarray(jax.device_get(s)), count + int(c)
     finally:
         batches.set_state(start)
-    scores = scores_from_activations(total / max(count, 1), p.init_scores_scale)
+    scores = np.asarray(scores_from_activations(total / max(count, 1), p.init_scores_scale))
     params = state.params
     for path in SCORE_PATHS:
         params = with_path(params, path, _placed_like(scores, at_path(params, path)))

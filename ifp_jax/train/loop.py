@@ -26,7 +26,7 @@ from ifp_jax.data import pipeline, tasks
 from ifp_jax.vocab import seqio_vocab as vocab_lib
 from ifp_jax.hf import imported
 from ifp_jax.train import checkpoint as ckpt_lib
-from ifp_jax.train import init_scores, preflight
+from ifp_jax.train import fit_predictor, init_scores, preflight
 from ifp_jax.train.compiled import batch_layout, compile_train_step
 from ifp_jax.train.hooks import Hook, LogMetrics, LoopContext, SaveCheckpoint
 from ifp_jax.train.metrics import MetricsWriter, print_primary
@@ -131,6 +131,18 @@ def _scores_from_activations(state, cfg, mesh, model, batches, batch_specs):
     return init_scores.initialise_scores(state, cfg, mesh, model.dtype, batches, to_global)
 
 
+def _fitted_predictor(state, cfg, mesh, model, batches, batch_specs):
+    """pruning.fit_predictor_steps at a fresh start (train/fit_predictor.py)."""
+    skip = fit_predictor.skip_reason(cfg)
+    if skip:
+        print_primary(f"[ifp] pruning.fit_predictor_steps left unused: {skip}")
+        return state
+    to_global = lambda host: {
+        k: jax.make_array_from_process_local_data(batch_specs[k].sharding, host[k])
+        for k in fit_predictor.FIT_KEYS}
+    return fit_predictor.fit_predictor(state, cfg, model, mesh, batches, to_global)
+
+
 def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                   progress: dict, lock: WorkdirLock) -> TrainState:
     distributed.on_primary(ckpt_lib.prepare_workdir, workdir, cfg)
@@ -177,6 +189,8 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
                              params_override=stage_init(cfg, mesh))
         if cfg.pruning.init_scores == "activation":
             state = _scores_from_activations(state, cfg, mesh, model, batches, batch_specs)
+        if cfg.pruning.fit_predictor_steps:
+            state = _fitted_predictor(state, cfg, mesh, model, batches, batch_specs)
     events.skipped_checkpoints += ckpt.skipped_steps
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     print_primary(f"[ifp] {cfg.name}: LLM {count(state.params['decoder'])/1e6:.2f}M params, "

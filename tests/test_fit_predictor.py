@@ -132,9 +132,16 @@ def test_sharded_fit_equals_unsharded(tmp_path):
     cfg = replace(cfg, pruning=replace(cfg.pruning, init_scores="activation",
                                        fit_predictor_steps=4))
     one = train(cfg, str(tmp_path / "one"))
-    eight = train(replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2)), str(tmp_path / "eight"))
+    cfg8 = replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+    eight = train(cfg8, str(tmp_path / "eight"))
     kernel = lambda st: st.params["predictor"]["head_out"]["kernel"]
     assert len(kernel(eight).sharding.device_set) == 8
+    # The shardings the compiled train step takes: the fit leaves them as they were.
+    tx = make_optimizer(cfg8.optimizer, cfg8.train.steps)
+    layout = state_layout(build_model(cfg8), cfg8, tx, shd.make_mesh(cfg8.mesh))
+    for x, s in zip(jax.tree.leaves(eight.params["predictor"]),
+                    jax.tree.leaves(layout.shardings.params["predictor"])):
+        assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3,
                                                          atol=1e-4),
                  one.params["predictor"], eight.params["predictor"])

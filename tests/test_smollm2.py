@@ -34,6 +34,19 @@ def test_the_pair_is_registered_with_smollm2s_shape():
         assert cfg.pruning.init_scores == "activation"
 
 
+def test_only_the_ifp_arms_sft_fits_the_predictor():
+    """The SFT stage fits the predictor to each prompt's activation scores before its joint
+    steps; CPT does not, and the dense and static arms (no predictor) record 0, so their
+    finished stages stay valid."""
+    sft, cpt = smollm2_run.SFT, smollm2_run.CPT
+    fit = lambda name, mode: smollm2_run.stage_config(name, mode, 768, [], "imp", "imp"
+                                                      ).pruning.fit_predictor_steps
+    assert fit(sft, "soft") == fit(sft, "hard") == 200
+    assert fit(sft, "static") == fit(sft, "dense") == fit(cpt, "soft") == 0
+    assert smollm2_run.stage_config(sft, "soft", 768, ["pruning.fit_predictor_steps=5"], "imp",
+                                    "imp").pruning.fit_predictor_steps == 5
+
+
 def test_llama_cpp_prompts_are_the_decoder_prompts_of_generation():
     from ifp_jax.data import pipeline
     from ifp_jax.experiments.smollm2_llama_cpp import decoder_prompts

@@ -92,8 +92,12 @@ def fit_predictor(state: TrainState, cfg: ExperimentConfig, model: IFPModel, mes
                                 b2=cfg.optimizer.b2))
     params = state.params
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
-        step = jax.jit(make_fit_step(model, cfg, tx), donate_argnums=1)
         opt_state = jax.jit(tx.init)(params["predictor"])
+        # The fitted predictor keeps the state's shardings: the compiled train step takes
+        # exactly those.
+        sharding_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
+        step = jax.jit(make_fit_step(model, cfg, tx), donate_argnums=1, out_shardings=(
+            sharding_of(params["predictor"]), sharding_of(opt_state), shd.replicated(mesh)))
         start, t0 = batches.get_state(), time.time()
         first = last = None
         every = max(1, n // 10)

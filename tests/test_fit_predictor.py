@@ -3,7 +3,9 @@ before joint training.
 
 The targets are checked against the training-path Decoder's own activations (flax
 capture_intermediates, as in test_init_scores), row by row; the fit against what a static mask
-can reach on rows it never saw."""
+can reach on rows it never saw. Through the training loop (a fresh start fits, a resume does
+not, a chained stage does; sharded = unsharded): test_init_scores.py, beside the activation
+initialisation the fit follows."""
 
 import jax
 import jax.numpy as jnp
@@ -11,27 +13,19 @@ import numpy as np
 import pytest
 
 from ifp_jax import sharding as shd
-from ifp_jax.config import ConfigError, MeshConfig, apply_overrides, replace
+from ifp_jax.config import ConfigError, apply_overrides, replace
 from ifp_jax.data import pipeline, tasks
-from ifp_jax.model.decoder import Decoder
 from ifp_jax.train import fit_predictor, init_scores
-from ifp_jax.train.loop import train
 from ifp_jax.train.optim import make_optimizer
 from ifp_jax.train.state import build_model, create_state, state_layout
-from tests.helpers import TINY_MODEL, tiny_config
-from tests.test_init_scores import _reference_mean_abs, _stacked
+from tests.helpers import tiny_config
+from tests.test_init_scores import _reference_mean_abs, _stacked, padded_rows
 
 FIT_STEPS = 100
 
 
 def test_row_scores_are_each_rows_own_activation_scores():
-    cfg = replace(TINY_MODEL, scan_layers=False)
-    params = Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    params = jax.tree.map(np.asarray, params)
-    tokens = np.array(jax.random.randint(jax.random.key(1), (3, 12), 3, cfg.vocab_size))
-    lengths = np.array([12, 5, 1])
-    tokens[1, 5:] = 0
-    tokens[2, 1:] = 0
+    cfg, params, tokens, lengths = padded_rows()
     scores = fit_predictor.row_scores(_stacked(dict(params), cfg.n_layers), cfg,
                                       jnp.asarray(tokens), jnp.asarray(lengths), 3.0)
     assert scores.shape == (3, cfg.n_layers, cfg.d_ffn)
@@ -96,57 +90,12 @@ def test_the_fitted_predictor_beats_every_static_mask_on_unseen_rows():
     assert fit > static + 0.01 and fit > before + 0.02, (fit, static, before)
 
 
-def test_a_fresh_run_fits_and_its_resume_does_not(tmp_path, capsys):
-    cfg = tiny_config(steps=2)
-    cfg = replace(cfg, pruning=replace(cfg.pruning, init_scores="activation",
-                                       fit_predictor_steps=3),
-                  checkpoint=replace(cfg.checkpoint, every_steps=1))
-    workdir = str(tmp_path / "run")
-    train(cfg, workdir)
-    out = capsys.readouterr().out
-    assert "step 3/3" in out and "predictor fitted in 3 steps" in out
-    train(replace(cfg, train=replace(cfg.train, steps=3)), workdir)
-    out = capsys.readouterr().out
-    assert "resumed" in out and "fitted" not in out
-
-    # A stage whose predictor comes from that run is fitted too (e.g. on SFT prompts).
-    chained = replace(cfg, train=replace(cfg.train, init_llm_from=workdir,
-                                         init_predictor_from=workdir, steps=1))
-    train(chained, str(tmp_path / "chained"))
-    assert "predictor fitted in 3 steps" in capsys.readouterr().out
-
-
-
 @pytest.mark.parametrize("mode, fits", [("soft", True), ("hard", True), ("static", False),
                                         ("dense", False)])
 def test_only_modes_with_a_predictor_fit_it(mode, fits):
     reason = fit_predictor.skip_reason(tiny_config(mode=mode))
     assert (reason is None) == fits
     assert fits or reason == f"pruning.mode={mode} has no predictor to fit"
-
-
-def test_sharded_fit_equals_unsharded(tmp_path):
-    """Through the loop (train.steps=0): on a data x fsdp x tensor mesh of 8 devices the fitted
-    predictor is that of one device."""
-    cfg = tiny_config(steps=0)
-    cfg = replace(cfg, pruning=replace(cfg.pruning, init_scores="activation",
-                                       fit_predictor_steps=4))
-    one = train(cfg, str(tmp_path / "one"))
-    cfg8 = replace(cfg, mesh=MeshConfig(data=2, fsdp=2, tensor=2))
-    eight = train(cfg8, str(tmp_path / "eight"))
-    kernel = lambda st: st.params["predictor"]["head_out"]["kernel"]
-    assert len(kernel(eight).sharding.device_set) == 8
-    # The shardings the compiled train step takes: the fit leaves them as they were.
-    tx = make_optimizer(cfg8.optimizer, cfg8.train.steps)
-    layout = state_layout(build_model(cfg8), cfg8, tx, shd.make_mesh(cfg8.mesh))
-    for x, s in zip(jax.tree.leaves(eight.params["predictor"]),
-                    jax.tree.leaves(layout.shardings.params["predictor"])):
-        assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3,
-                                                         atol=1e-4),
-                 one.params["predictor"], eight.params["predictor"])
-    fresh, _, _ = _fresh(cfg)
-    assert not np.allclose(np.asarray(kernel(one)), np.asarray(kernel(fresh)), atol=1e-3)
 
 
 def test_a_negative_step_count_gets_one_line():

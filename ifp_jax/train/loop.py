@@ -119,28 +119,29 @@ def train(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook] = ()) -> Tr
         lock.release()
 
 
-def _scores_from_activations(state, cfg, mesh, model, batches, batch_specs):
-    """pruning.init_scores='activation' at a fresh start (train/init_scores.py)."""
-    skip = init_scores.skip_reason(cfg)
-    if skip:
-        print_primary(f"[ifp] pruning.init_scores=activation left unused: {skip}")
-        return state
-    to_global = lambda host: {
-        k: jax.make_array_from_process_local_data(batch_specs[k].sharding, host[k])
-        for k in ("decoder_input_tokens", "decoder_loss_weights")}
-    return init_scores.initialise_scores(state, cfg, mesh, model.dtype, batches, to_global)
+def _prepare_selection(state, cfg, mesh, model, batches, batch_specs):
+    """A fresh start's selection scores: pruning.init_scores='activation'
+    (train/init_scores.py), then pruning.fit_predictor_steps (train/fit_predictor.py)."""
+    def to_global(keys):  # host batch -> those fields as global arrays
+        return lambda host: {k: jax.make_array_from_process_local_data(batch_specs[k].sharding,
+                                                                        host[k]) for k in keys}
 
-
-def _fitted_predictor(state, cfg, mesh, model, batches, batch_specs):
-    """pruning.fit_predictor_steps at a fresh start (train/fit_predictor.py)."""
-    skip = fit_predictor.skip_reason(cfg)
-    if skip:
-        print_primary(f"[ifp] pruning.fit_predictor_steps left unused: {skip}")
-        return state
-    to_global = lambda host: {
-        k: jax.make_array_from_process_local_data(batch_specs[k].sharding, host[k])
-        for k in fit_predictor.FIT_KEYS}
-    return fit_predictor.fit_predictor(state, cfg, model, mesh, batches, to_global)
+    if cfg.pruning.init_scores == "activation":
+        skip = init_scores.skip_reason(cfg)
+        if skip:
+            print_primary(f"[ifp] pruning.init_scores=activation left unused: {skip}")
+        else:
+            state = init_scores.initialise_scores(
+                state, cfg, mesh, model.dtype, batches,
+                to_global(("decoder_input_tokens", "decoder_loss_weights")))
+    if cfg.pruning.fit_predictor_steps:
+        skip = fit_predictor.skip_reason(cfg)
+        if skip:
+            print_primary(f"[ifp] pruning.fit_predictor_steps left unused: {skip}")
+        else:
+            state = fit_predictor.fit_predictor(state, cfg, model, mesh, batches,
+                                                to_global(fit_predictor.FIT_KEYS))
+    return state
 
 
 def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
@@ -187,10 +188,7 @@ def _train_locked(cfg: ExperimentConfig, workdir: str, hooks: Sequence[Hook],
         events = RunEvents()
         state = create_state(model, cfg, tx, layout=layout, mesh=mesh,
                              params_override=stage_init(cfg, mesh))
-        if cfg.pruning.init_scores == "activation":
-            state = _scores_from_activations(state, cfg, mesh, model, batches, batch_specs)
-        if cfg.pruning.fit_predictor_steps:
-            state = _fitted_predictor(state, cfg, mesh, model, batches, batch_specs)
+        state = _prepare_selection(state, cfg, mesh, model, batches, batch_specs)
     events.skipped_checkpoints += ckpt.skipped_steps
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
     print_primary(f"[ifp] {cfg.name}: LLM {count(state.params['decoder'])/1e6:.2f}M params, "

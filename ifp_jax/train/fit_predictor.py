@@ -108,11 +108,15 @@ def fit_predictor(state: TrainState, cfg: ExperimentConfig, model: IFPModel, mes
                 if i == 1 or i % every == 0 or i == n:
                     m = {k: float(v) for k, v in jax.device_get(m).items()}
                     first, last = first or m, m
-                    rate = i / max(time.time() - t0, 1e-9)
+                    if i == 1:  # the rate leaves out the first step, which compiled
+                        t1 = time.time()
+                        pace = f"compiled and ran in {t1 - t0:.1f}s"
+                    else:
+                        rate = (i - 1) / max(time.time() - t1, 1e-9)
+                        pace = f"{rate:.1f} steps/s | ETA {(n - i) / rate:.0f}s"
                     print_primary(f"[ifp] fitting the predictor to each prompt's activation "
                                   f"scores: step {i}/{n}, mse {m['mse']:.3f}, top-k agreement "
-                                  f"{m['agreement']:.3f} | {rate:.1f} steps/s | ETA "
-                                  f"{(n - i) / rate:.0f}s")
+                                  f"{m['agreement']:.3f} | {pace}")
         finally:
             batches.set_state(start)
     print_primary(f"[ifp] predictor fitted in {n} steps ({time.time() - t0:.0f}s): mse "

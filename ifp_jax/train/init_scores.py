@@ -53,13 +53,15 @@ def activation_sums(decoder_params: Any, cfg: ModelConfig, tokens: jax.Array,
     return row_activation_sums(decoder_params, cfg, tokens, lengths, dtype).sum(axis=0)
 
 
-def scores_from_activations(mean_abs: jax.Array | np.ndarray, scale: float) -> jax.Array:
+def scores_from_activations(mean_abs: jax.Array | np.ndarray, scale: float):
     """[..., F] mean |activation| -> scale * z-score over F of its log, f32 (a layer whose
-    units are all alike gets 0s)."""
-    logs = jnp.log(jnp.maximum(jnp.asarray(mean_abs, jnp.float32), 1e-30))
+    units are all alike gets 0s). A numpy input is computed on the host in float64 and gives
+    numpy; a jax array (traced or not) gives a jax array."""
+    xp, dtype = (jnp, jnp.float32) if isinstance(mean_abs, jax.Array) else (np, np.float64)
+    logs = xp.log(xp.maximum(xp.asarray(mean_abs, dtype), 1e-30))
     spread = logs.std(axis=-1, keepdims=True)
-    z = (logs - logs.mean(axis=-1, keepdims=True)) / jnp.where(spread > 0, spread, 1.0)
-    return scale * z
+    z = (logs - logs.mean(axis=-1, keepdims=True)) / xp.where(spread > 0, spread, 1.0)
+    return (scale * z).astype(np.float32)
 
 
 def batch_lengths(loss_weights: jax.Array) -> jax.Array:
@@ -105,7 +107,7 @@ def initialise_scores(state: TrainState, cfg: ExperimentConfig, mesh: Mesh, step
             total, count = total + np.asarray(jax.device_get(s)), count + int(c)
     finally:
         batches.set_state(start)
-    scores = np.asarray(scores_from_activations(total / max(count, 1), p.init_scores_scale))
+    scores = scores_from_activations(total / max(count, 1), p.init_scores_scale)
     params = state.params
     for path in SCORE_PATHS:
         params = with_path(params, path, _placed_like(scores, at_path(params, path)))

@@ -36,7 +36,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CPT, SFT = "smollm2_ifp_cpt", "smollm2_ifp_sft"
 # The reduced run of the slow test: the same pipeline, a few steps and examples.
 REDUCED = ["train.steps=2", "data.eval_examples_per_task=2", "optimizer.warmup_steps=1",
-           "pruning.temperature_anneal_steps=2"]
+           "pruning.temperature_anneal_steps=2", "pruning.fit_predictor_steps=2"]
 PER_TASK_AGREEMENT = 0.01
 BARS = (("IFP per task, k = F/2", "dense after SFT", -0.03),
         ("IFP per task, k = F/2", "static, k = F/2", 0.03))

@@ -66,13 +66,14 @@ def import_gguf(gguf: str, out: str, log=print) -> str:
 
 def stage_config(name: str, mode: str, keep_k: int, overrides: list[str], init_llm: str,
                  init_predictor: str = "") -> ExperimentConfig:
+    from ifp_jax.train.fit_predictor import skip_reason
     cfg = apply_overrides(experiments.get(name), overrides)
-    # The dense and static arms have no predictor to fit: their configs say what ran.
-    fit = cfg.pruning.fit_predictor_steps if mode in ("soft", "hard") else 0
-    return replace(cfg, pruning=replace(cfg.pruning, mode=mode, keep_k=keep_k,
-                                        fit_predictor_steps=fit),
-                   train=replace(cfg.train, init_llm_from=init_llm,
-                                 init_predictor_from=init_predictor))
+    cfg = replace(cfg, pruning=replace(cfg.pruning, mode=mode, keep_k=keep_k),
+                  train=replace(cfg.train, init_llm_from=init_llm,
+                                init_predictor_from=init_predictor))
+    if skip_reason(cfg):  # dense and static arms: no predictor to fit; their configs say so
+        cfg = replace(cfg, pruning=replace(cfg.pruning, fit_predictor_steps=0))
+    return cfg
 
 
 def arm_plan(f: int) -> dict:
